@@ -1,0 +1,224 @@
+"""The ``edgecomp`` command line: a thin click group over the Python API. Only this module prints.
+
+Results go to stdout (a rich table, or JSON with ``--json``); diagnostics and progress to stderr.
+Errors print one line ``edgecomp: error: ...`` on stderr and exit with the code of the
+:class:`~edgecomp.errors.EdgecompError` subclass (see :mod:`edgecomp.errors`); no traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from edgecomp import __version__
+from edgecomp.errors import EdgecompError
+
+stdout = Console()
+stderr = Console(stderr=True)
+
+
+def _fail(error: EdgecompError) -> None:
+    click.echo(f"edgecomp: error: {error}", err=True)
+    sys.exit(error.exit_code)
+
+
+class _Group(click.Group):
+    """Turns every EdgecompError raised by a command into one stderr line and its exit code."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EdgecompError as error:
+            _fail(error)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="edgecomp")
+def cli() -> None:
+    """edgecomp: compile ONNX models to quantized artifacts for edge devices."""
+
+
+def _bytes(count: int | None) -> str:
+    return "-" if count is None else f"{count:,} B"
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    summary = Table(title=f"edgecomp: {report['model']['path']} -> {report['target']} ({report['backend']}, quantize={report['quantize']})")
+    summary.add_column("item")
+    summary.add_column("value", overflow="fold")
+    sizes = report["sizes"]
+    summary.add_row("input model", _bytes(sizes["input_model_bytes"]))
+    summary.add_row("flash needed / budget", f"{_bytes(sizes['flash_bytes'])} / {_bytes(sizes['flash_budget_bytes'])}")
+    if report["calibration"]:
+        summary.add_row("calibration", f"{report['calibration']['samples']} samples, {report['calibration']['method']}")
+    for key, value in sorted(report["backend_metadata"].items()):
+        if isinstance(value, (str, int, float, bool)):
+            summary.add_row(f"backend: {key}", str(value))
+        elif isinstance(value, dict) and all(isinstance(v, (int, float, str, bool)) for v in value.values()):
+            summary.add_row(f"backend: {key}", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()))
+    summary.add_row("time", ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in report["timings_s"].items()))
+    stdout.print(summary)
+    artifacts = Table(title="artifacts")
+    for column in ("path", "bytes", "sha256"):
+        artifacts.add_column(column, overflow="fold")
+    for entry in report["artifacts"]:
+        artifacts.add_row(entry["path"], f"{entry['bytes']:,}", entry["sha256"][:16])
+    stdout.print(artifacts)
+    evaluation = report.get("evaluation")
+    if evaluation:
+        table = Table(title=f"FP32 vs compiled on {evaluation['samples']} evaluation samples")
+        for column in ("output", "SQNR (dB)", "max abs error", "top-1 agreement", "accuracy FP32", "accuracy compiled"):
+            table.add_column(column)
+        for name, entry in evaluation["outputs"].items():
+            table.add_row(
+                name,
+                f"{entry['sqnr_db']:.2f}",
+                f"{entry['max_abs_error']:.4g}",
+                f"{entry['top1_agreement']:.2%}",
+                f"{entry['accuracy_fp32']:.2%}" if "accuracy_fp32" in entry else "-",
+                f"{entry['accuracy_compiled']:.2%}" if "accuracy_compiled" in entry else "-",
+            )
+        stdout.print(table)
+
+
+@cli.command("compile")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-t", "--target", required=True, help="Target name (see `edgecomp targets`) or path to a target .toml.")
+@click.option("-b", "--backend", default=None, help="Backend name (see `edgecomp plugins`); default: the target's default_backend.")
+@click.option("-q", "--quantize", type=click.Choice(["none", "naive"]), default="naive", show_default=True, help="none: float32; naive: every quantizable operator INT8.")
+@click.option("--calibration", type=click.Path(), default=None, help="Calibration data: .npz, folder of .npy, image folder, or test_data_set_* folders.")
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True)
+@click.option("--calibration-limit", type=click.IntRange(min=1), default=None, help="Use at most N calibration samples.")
+@click.option("--preprocessing", type=click.Path(dir_okay=False), default=None, help="Image preprocessing TOML for image folders.")
+@click.option("--eval", "eval_path", type=click.Path(), default=None, help="Evaluation data (npz with x and optional labels y): FP32 vs compiled comparison.")
+@click.option("-o", "--output", type=click.Path(), default=None, help="Output folder (default: <model>-<target>).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size for models with a dynamic batch axis.")
+@click.option("--dump-ir", type=click.Path(file_okay=False), default=None, help="Write the model after every pass to this folder.")
+@click.option("--json", "as_json", is_flag=True, help="Print the compile report as JSON on stdout.")
+def compile_command(model, target, backend, quantize, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, as_json) -> None:
+    """Compile MODEL (ONNX) for a target and write the artifacts and quantization plan."""
+    from rich.progress import Progress
+
+    from edgecomp.compile import CompileOptions, compile_model
+
+    options = CompileOptions(
+        model=model, target=target, backend=backend, quantize=quantize, calibration=calibration,
+        calibration_method=calibration_method, calibration_limit=calibration_limit, preprocessing=preprocessing,
+        eval=eval_path, output=output, batch_size=batch_size, dump_ir=dump_ir,
+    )
+    with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
+        task = None
+
+        def progress(stage: str, done: int, total: int) -> None:
+            nonlocal task
+            if task is None:
+                task = bar.add_task(stage, total=total)
+            bar.update(task, completed=done)
+
+        result = compile_model(options, progress)
+    if as_json:
+        click.echo(json.dumps(result.report, indent=2, sort_keys=True, default=str))
+    else:
+        _print_report(result.report)
+
+
+@cli.command("inspect")
+@click.argument("model", type=click.Path(dir_okay=False))
+@click.option("-t", "--target", default="host-x86_64", show_default=True, help="Target for the backend support check.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def inspect_command(model, target, as_json) -> None:
+    """Op histogram, parameters, MACs, largest tensors, and which backends support MODEL."""
+    import dataclasses
+
+    from edgecomp.ir.analysis import summarize
+    from edgecomp.ir.load import load_model
+    from edgecomp.plugins import backends
+    from edgecomp.targets import get_target
+
+    ir_model = load_model(model)
+    summary = summarize(ir_model)
+    chosen = get_target(target)
+    support = {name: backend.support(ir_model, chosen) for name, backend in backends().items()}
+    if as_json:
+        data = dataclasses.asdict(summary)
+        data["support"] = {name: [dataclasses.asdict(u) for u in report.unsupported] for name, report in support.items()}
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"{model}")
+    table.add_column("item")
+    table.add_column("value", overflow="fold")
+    table.add_row("nodes", str(summary.num_nodes))
+    table.add_row("parameters", f"{summary.parameters:,} ({summary.parameter_bytes:,} B)")
+    table.add_row("MACs (batch 1)", f"{summary.macs:,}")
+    table.add_row("peak live activations", f"{summary.peak_live_bytes:,} B")
+    table.add_row("ops", ", ".join(f"{op} x{count}" for op, count in sorted(summary.op_histogram.items())))
+    table.add_row("largest tensors", ", ".join(f"{name} ({size:,} B)" for name, size in summary.largest_tensors))
+    for name, report in support.items():
+        verdict = "all ops supported" if report.ok else "; ".join(f"{u.node} ({u.op_type}): {u.reason}" for u in report.unsupported)
+        table.add_row(f"backend {name} on {chosen.name}", verdict)
+    stdout.print(table)
+
+
+@cli.command("targets")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def targets_command(as_json) -> None:
+    """List the known targets with their default backend and budgets."""
+    import dataclasses
+
+    from edgecomp.targets import get_target, target_files
+
+    targets = [get_target(name) for name in target_files()]
+    if as_json:
+        click.echo(json.dumps([dataclasses.asdict(t) for t in targets], indent=2, sort_keys=True))
+        return
+    table = Table(title="targets")
+    for column in ("name", "kind", "default backend", "flash", "RAM", "description"):
+        table.add_column(column, overflow="fold")
+    for t in targets:
+        table.add_row(t.name, t.kind, t.default_backend, _bytes(t.flash_bytes), _bytes(t.ram_bytes), t.description)
+    stdout.print(table)
+
+
+@cli.command("plugins")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def plugins_command(as_json) -> None:
+    """List loaded plugins, their hooks, and the backends they register."""
+    from edgecomp.plugins import backends, plugin_list
+
+    rows = plugin_list()
+    found = {name: backend.description for name, backend in backends().items()}
+    if as_json:
+        click.echo(json.dumps({"plugins": rows, "backends": found}, indent=2, sort_keys=True))
+        return
+    table = Table(title="plugins")
+    for column in ("plugin", "version", "hooks"):
+        table.add_column(column)
+    for row in rows:
+        table.add_row(row["name"], str(row["version"]), ", ".join(row["hooks"]))
+    stdout.print(table)
+    backend_table = Table(title="backends")
+    backend_table.add_column("name")
+    backend_table.add_column("description")
+    for name, description in found.items():
+        backend_table.add_row(name, description)
+    stdout.print(backend_table)
+
+
+def _register_plugin_commands() -> None:
+    try:
+        from edgecomp.plugins import get_plugin_manager
+
+        get_plugin_manager().hook.edgecomp_register_commands(cli=cli)
+    except EdgecompError as error:
+        _fail(error)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    _register_plugin_commands()
+    cli(prog_name="edgecomp")

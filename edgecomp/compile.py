@@ -1,0 +1,301 @@
+"""The compile pipeline: load -> canonicalize -> support check -> quantize -> legalize -> lower ->
+budget check -> evaluate -> write atomically. One direction, no back and forth.
+
+The core names no backend: it asks the plugin manager for the target's (or the user's) backend.
+Only :mod:`edgecomp.cli` prints; this module returns a :class:`CompileResult`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+import os
+import pathlib
+import shutil
+import tempfile
+import time
+from typing import Any, Callable
+
+import numpy as np
+
+from edgecomp import __version__
+from edgecomp.backend import LowerOptions
+from edgecomp.errors import BudgetError, CalibrationDataError, OutputError, UnsupportedError
+from edgecomp.ir.load import load_model, to_bytes
+from edgecomp.ir.run import make_session
+from edgecomp.passes.base import IRDump, PassManager, PassTiming
+from edgecomp.passes.canonicalize import canonicalization_passes
+from edgecomp.passes.quantize import metrics
+from edgecomp.passes.quantize.calibration_data import ImagePreprocessing, input_specs, open_dataset
+from edgecomp.passes.quantize.observers import METHODS
+from edgecomp.passes.quantize.plan import QuantizationPlan, TensorPlan
+from edgecomp.plugins import get_backend
+from edgecomp.targets import get_target
+
+logger = logging.getLogger(__name__)
+
+QUANTIZE_MODES = ("none", "naive")
+PLAN_FILE = "quantization_plan.json"
+VERIFICATION_SAMPLES = 32
+
+
+@dataclasses.dataclass(frozen=True)
+class CompileOptions:
+    """What to compile and how.
+
+    Attributes:
+        model: path of the ONNX model (never modified).
+        target: target name or path of a target ``.toml``.
+        backend: backend name; None takes the target's ``default_backend``.
+        quantize: ``none`` (float) or ``naive`` (every quantizable operator INT8).
+        calibration: calibration data (``.npz``, ``.npy`` folder, image folder, ``test_data_set_*``).
+        calibration_method: ``minmax``, ``percentile``, ``entropy`` or ``mse``.
+        calibration_limit: use at most this many calibration samples (None: all).
+        preprocessing: image preprocessing TOML for image-folder data (None: ``preprocessing.toml``
+            inside the folder).
+        eval: evaluation data (npz with ``x`` and optional labels ``y``, or any calibration format).
+        output: output folder; None means ``<model stem>-<target>`` in the working directory.
+        batch_size: calibration/eval batch size for models with a dynamic batch dimension.
+        dump_ir: folder to write the model after every pass (debugging), or None.
+    """
+
+    model: str
+    target: str
+    backend: str | None = None
+    quantize: str = "naive"
+    calibration: str | None = None
+    calibration_method: str = "minmax"
+    calibration_limit: int | None = None
+    preprocessing: str | None = None
+    eval: str | None = None
+    output: str | None = None
+    batch_size: int = 32
+    dump_ir: str | None = None
+
+
+@dataclasses.dataclass
+class CompileResult:
+    """The outcome of a compile: the report (JSON-serialisable) and where the files went."""
+
+    report: dict[str, Any]
+    output_dir: pathlib.Path
+    plan: QuantizationPlan | None
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _check_output(path: pathlib.Path) -> None:
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"{path}: output path is an existing file, not a folder")
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise OutputError(f"{path}: parent folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"{path}: parent folder {parent} is not writable")
+
+
+def write_atomically(folder: pathlib.Path, files: dict[str, bytes]) -> None:
+    """Write ``files`` (name -> bytes) as the whole content of ``folder``, atomically.
+
+    The files go to a temporary sibling folder that is renamed into place; an existing folder is
+    replaced only once the new one is complete, so an interrupted compile leaves either the old
+    folder or the new one, never a half-written one.
+
+    Raises:
+        OutputError: the folder cannot be written.
+    """
+    folder = folder.resolve()
+    try:
+        staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        try:
+            for name, data in sorted(files.items()):
+                (staging / name).write_bytes(data)
+            if folder.exists():
+                retired = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.old.", dir=folder.parent))
+                os.replace(folder, retired / folder.name)
+                os.replace(staging, folder)
+                shutil.rmtree(retired)
+            else:
+                os.replace(staging, folder)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
+    except OSError as exc:
+        raise OutputError(f"{folder}: cannot write output: {exc.strerror or exc}") from None
+
+
+def _refresh_plan(plan: QuantizationPlan, model) -> QuantizationPlan:
+    """Re-read weight and bias parameters from the model a backend shipped (it may have narrowed them)."""
+    stored = {}
+    for node in model.graph:
+        if node.op_type == "DequantizeLinear" and node.inputs[0].const_value is not None and node.inputs[0].name.endswith("_quantized"):
+            name = node.inputs[0].name[: -len("_quantized")]
+            stored[name] = np.atleast_1d(node.inputs[1].const_value.numpy())
+    tensors = []
+    for entry in plan.tensors:
+        if entry.role in ("weight", "bias") and entry.name in stored:
+            entry = dataclasses.replace(entry, scale=tuple(float(s) for s in stored[entry.name]))
+        tensors.append(entry)
+    return dataclasses.replace(plan, tensors=tuple(tensors))
+
+
+def _evaluate(reference_bytes: bytes, runner, dataset, batch_size: int) -> dict[str, Any]:
+    """FP32 reference vs compiled artifact on the evaluation data, per output."""
+    reference = make_session(reference_bytes, optimize=True)
+    names = [o.name for o in reference.get_outputs()]
+    expected: list[list[np.ndarray]] = [[] for _ in names]
+    actual: list[list[np.ndarray]] = [[] for _ in names]
+    for batch in dataset.batches(batch_size):
+        for store, array in zip(expected, reference.run(None, dict(batch))):
+            store.append(array)
+        for store, array in zip(actual, runner(batch)):
+            store.append(np.asarray(array, dtype=np.float32))
+    result: dict[str, Any] = {"samples": dataset.num_samples, "outputs": {}}
+    for name, exp_parts, act_parts in zip(names, expected, actual):
+        exp, act = np.concatenate(exp_parts), np.concatenate(act_parts)
+        entry = {
+            "sqnr_db": metrics.sqnr_db(exp, act),
+            "max_abs_error": metrics.max_abs_error(exp, act),
+            "top1_agreement": metrics.top1_agreement(exp, act),
+        }
+        if dataset.labels is not None:
+            entry["accuracy_fp32"] = metrics.accuracy(exp, dataset.labels)
+            entry["accuracy_compiled"] = metrics.accuracy(act, dataset.labels)
+        result["outputs"][name] = entry
+    return result
+
+
+def compile_model(options: CompileOptions, progress: Callable[[str, int, int], None] | None = None) -> CompileResult:
+    """Compile ``options.model`` for ``options.target`` and write the artifacts.
+
+    Args:
+        options: see :class:`CompileOptions`.
+        progress: ``progress(stage, done, total)`` called during long stages (calibration).
+
+    Returns:
+        :class:`CompileResult` with the report: artifacts (path, bytes, sha256), sizes, per-stage
+        timings in seconds, the backend's verification figures and, with ``options.eval``, the
+        FP32-vs-compiled comparison (SQNR dB, max abs error, top-1 agreement, accuracy).
+
+    Raises:
+        EdgecompError: a subclass naming the file, node or key at fault; nothing is written then.
+    """
+    timings: dict[str, float] = {}
+    clock = time.perf_counter()
+
+    def lap(stage: str) -> None:
+        nonlocal clock
+        now = time.perf_counter()
+        timings[stage] = round(now - clock, 4)
+        clock = now
+
+    if options.quantize not in QUANTIZE_MODES:
+        raise UnsupportedError(f"unknown quantization mode {options.quantize!r}; choose one of {', '.join(QUANTIZE_MODES)}")
+    if options.calibration_method not in METHODS:
+        raise CalibrationDataError(f"unknown calibration method {options.calibration_method!r}; choose one of {', '.join(METHODS)}")
+    model_path = pathlib.Path(options.model)
+    target = get_target(options.target)
+    backend = get_backend(options.backend or target.default_backend)
+    output_dir = pathlib.Path(options.output) if options.output else pathlib.Path(f"{model_path.stem}-{target.name}")
+    _check_output(output_dir)
+    if options.quantize != "none" and not options.calibration:
+        raise CalibrationDataError(f"--quantize {options.quantize} needs calibration data (--calibration PATH)")
+
+    model = load_model(model_path)
+    input_bytes = model_path.stat().st_size
+    lap("load")
+
+    instruments: list = [PassTiming()]
+    if options.dump_ir:
+        instruments.append(IRDump(pathlib.Path(options.dump_ir)))
+    canonical = PassManager(canonicalization_passes(fold_weight_dequantize=options.quantize == "none"), instruments)(model)
+    model = canonical.model
+    reference_bytes = to_bytes(model)
+    lap("canonicalize")
+
+    support = backend.support(model, target)
+    if not support.ok:
+        first = support.unsupported[0]
+        more = f" (and {len(support.unsupported) - 1} more)" if len(support.unsupported) > 1 else ""
+        raise UnsupportedError(f"backend {backend.name!r} cannot lower node {first.node!r} ({first.op_type}) for target {target.name!r}: {first.reason}{more}")
+    lap("support")
+
+    specs = input_specs(model)
+    preprocessing = ImagePreprocessing.from_file(options.preprocessing) if options.preprocessing else None
+    plan = None
+    verification_inputs: list = []
+    calibration = None
+    if options.calibration:
+        calibration = open_dataset(options.calibration, specs, preprocessing=preprocessing, limit=options.calibration_limit)
+        taken = 0
+        for batch in calibration.batches(options.batch_size):
+            verification_inputs.append(batch)
+            taken += len(next(iter(batch.values())))
+            if taken >= VERIFICATION_SAMPLES:
+                break
+    if options.quantize == "naive":
+        from edgecomp.passes.quantize.naive import quantize_naive
+
+        total = calibration.num_samples
+        done = 0
+
+        def tick(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress is not None:
+                progress("calibrate", done, total)
+
+        plan = quantize_naive(model, calibration.batches(options.batch_size), options.calibration_method, tick)
+    lap("quantize")
+
+    legalize = backend.legalize(target)
+    if legalize:
+        model = PassManager(legalize, instruments)(model).model
+    lap("legalize")
+
+    artifact = backend.lower(
+        model,
+        target,
+        LowerOptions(quantize=options.quantize, verification_inputs=tuple(verification_inputs), model_name=model_path.stem, get_backend=get_backend),
+    )
+    lap("lower")
+    if plan is not None and artifact.model is not None:
+        plan = _refresh_plan(plan, artifact.model)
+    if target.flash_bytes is not None and artifact.flash_bytes > target.flash_bytes:
+        raise BudgetError(
+            f"artifact of backend {backend.name!r} needs {artifact.flash_bytes} bytes of flash; target {target.name!r} has {target.flash_bytes}"
+        )
+
+    evaluation = None
+    if options.eval:
+        if artifact.runner is None:
+            raise UnsupportedError(f"backend {backend.name!r} cannot run its artifact on this host, so --eval is not available")
+        eval_data = open_dataset(options.eval, specs, preprocessing=preprocessing)
+        evaluation = _evaluate(reference_bytes, artifact.runner, eval_data, options.batch_size)
+    lap("evaluate")
+
+    files = dict(artifact.files)
+    if plan is not None:
+        files[PLAN_FILE] = plan.to_json().encode()
+    write_atomically(output_dir, files)
+    lap("write")
+
+    report = {
+        "edgecomp_version": __version__,
+        "model": {"path": str(model_path), "bytes": input_bytes, "sha256": _sha256(model_path.read_bytes())},
+        "target": target.name,
+        "backend": backend.name,
+        "quantize": options.quantize,
+        "calibration": None if calibration is None else {"path": options.calibration, "method": options.calibration_method, "samples": plan.calibration_samples if plan else calibration.num_samples},
+        "output_dir": str(output_dir),
+        "artifacts": [{"path": str(output_dir / name), "bytes": len(data), "sha256": _sha256(data)} for name, data in sorted(files.items())],
+        "sizes": {"input_model_bytes": input_bytes, "float_model_bytes": len(reference_bytes), "flash_bytes": artifact.flash_bytes, "flash_budget_bytes": target.flash_bytes},
+        "timings_s": timings,
+        "passes": [{"pass": name, "seconds": round(seconds, 4), "modified": modified} for name, seconds, modified in instruments[0].records],
+        "backend_metadata": artifact.metadata,
+        "evaluation": evaluation,
+    }
+    return CompileResult(report, output_dir, plan)

@@ -1,0 +1,183 @@
+"""Targets: a board or runtime described by a TOML file (``targets/*.toml``, keys in ``targets/README.md``).
+
+A target names its default backend and its memory budgets. Compiling checks artifacts against the
+budgets. Targets are found by name among the built-in ``targets/`` folder and plugin-registered
+files, or given directly as a path to a ``.toml`` file.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import tomllib
+from typing import Any
+
+from edgecomp.errors import TargetError
+
+BUILTIN_TARGETS_DIR = pathlib.Path(__file__).resolve().parent.parent / "targets"
+
+KINDS = ("host", "linux", "mcu")
+
+
+@dataclasses.dataclass(frozen=True)
+class Toolchain:
+    """The C compiler a firmware build would use for this target (informational; used by tests).
+
+    Attributes:
+        cc: compiler executable name (``gcc``, ``arm-none-eabi-gcc``).
+        cflags: flags selecting the CPU/ABI (tuple of str).
+    """
+
+    cc: str = "gcc"
+    cflags: tuple[str, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class CArrayOptions:
+    """How the ``c-array`` backend lays out its arrays for this target.
+
+    Attributes:
+        section: linker section for the model arrays (``__attribute__((section(...)))``), or None.
+        alignment: byte alignment of the embedded model array (power of two, >= 4).
+        embed_backend: name of the backend whose artifact bytes are embedded as one array.
+    """
+
+    section: str | None = None
+    alignment: int = 16
+    embed_backend: str = "onnxruntime"
+
+
+@dataclasses.dataclass(frozen=True)
+class Target:
+    """A deployment target.
+
+    Attributes:
+        name: the target name (``cortex-m4``).
+        description: one line for humans.
+        kind: ``host``, ``linux`` (an embedded Linux board) or ``mcu`` (bare-metal microcontroller).
+        arch: CPU architecture (``x86_64``, ``aarch64``, ``armv7e-m``).
+        default_backend: backend used when ``--backend`` is not given.
+        flash_bytes: read-only memory budget in bytes for the model artifact, or None (no limit).
+        ram_bytes: RAM budget in bytes for activations/tensor arena, or None (no limit).
+        toolchain: see :class:`Toolchain`.
+        c_array: see :class:`CArrayOptions`.
+        path: the TOML file this target was read from.
+    """
+
+    name: str
+    description: str
+    kind: str
+    arch: str
+    default_backend: str
+    flash_bytes: int | None = None
+    ram_bytes: int | None = None
+    toolchain: Toolchain = Toolchain()
+    c_array: CArrayOptions = CArrayOptions()
+    path: str = ""
+
+
+def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, required: bool = True) -> Any:
+    if key not in table:
+        if required:
+            raise TargetError(f"{where}: missing key {key!r}")
+        return None
+    value = table[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
+        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
+        raise TargetError(f"{where}: key {key!r} must be {expected}, got {value!r}")
+    return value
+
+
+def _check_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
+    unknown = sorted(set(table) - known)
+    if unknown:
+        raise TargetError(f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})")
+
+
+def _positive(value: int | None, where: str, key: str) -> int | None:
+    if value is not None and value <= 0:
+        raise TargetError(f"{where}: key {key!r} must be a positive number of bytes, got {value}")
+    return value
+
+
+def load_target_file(path: str | pathlib.Path) -> Target:
+    """Read and validate one target TOML file.
+
+    Raises:
+        TargetError: the file is missing, not TOML, has an unknown key, a missing key or a value of
+            the wrong type; the message names the file and the key path (``memory.flash_bytes``).
+    """
+    path = pathlib.Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TargetError(f"{path}: target file not found") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise TargetError(f"{path}: not valid TOML: {exc}") from None
+    where = str(path)
+    _check_unknown(data, {"name", "description", "kind", "arch", "default_backend", "memory", "toolchain", "c_array"}, where)
+    kind = _take(data, "kind", str, where)
+    if kind not in KINDS:
+        raise TargetError(f"{where}: key 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
+    memory = _take(data, "memory", dict, where, required=False) or {}
+    _check_unknown(memory, {"flash_bytes", "ram_bytes"}, f"{where}: [memory]")
+    toolchain = _take(data, "toolchain", dict, where, required=False) or {}
+    _check_unknown(toolchain, {"cc", "cflags"}, f"{where}: [toolchain]")
+    c_array = _take(data, "c_array", dict, where, required=False) or {}
+    _check_unknown(c_array, {"section", "alignment", "embed_backend"}, f"{where}: [c_array]")
+    cflags = _take(toolchain, "cflags", list, f"{where}: toolchain", required=False) or []
+    if not all(isinstance(flag, str) for flag in cflags):
+        raise TargetError(f"{where}: key 'toolchain.cflags' must be a list of strings")
+    alignment = _take(c_array, "alignment", int, f"{where}: c_array", required=False) or 16
+    if alignment < 4 or alignment & (alignment - 1):
+        raise TargetError(f"{where}: key 'c_array.alignment' must be a power of two >= 4, got {alignment}")
+    return Target(
+        name=_take(data, "name", str, where),
+        description=_take(data, "description", str, where),
+        kind=kind,
+        arch=_take(data, "arch", str, where),
+        default_backend=_take(data, "default_backend", str, where),
+        flash_bytes=_positive(_take(memory, "flash_bytes", int, f"{where}: memory", required=False), where, "memory.flash_bytes"),
+        ram_bytes=_positive(_take(memory, "ram_bytes", int, f"{where}: memory", required=False), where, "memory.ram_bytes"),
+        toolchain=Toolchain(cc=_take(toolchain, "cc", str, f"{where}: toolchain", required=False) or "gcc", cflags=tuple(cflags)),
+        c_array=CArrayOptions(
+            section=_take(c_array, "section", str, f"{where}: c_array", required=False),
+            alignment=alignment,
+            embed_backend=_take(c_array, "embed_backend", str, f"{where}: c_array", required=False) or "onnxruntime",
+        ),
+        path=str(path),
+    )
+
+
+def target_files() -> dict[str, pathlib.Path]:
+    """Target name -> TOML path for every built-in and plugin-registered target, sorted by name.
+
+    Raises:
+        PluginError: a plugin registers a name that a built-in target already has.
+    """
+    from edgecomp.errors import PluginError
+    from edgecomp.plugins import plugin_targets
+
+    found = {p.stem: p for p in sorted(BUILTIN_TARGETS_DIR.glob("*.toml"))}
+    for name, path in plugin_targets().items():
+        if name in found:
+            raise PluginError(f"plugin target {name!r} clashes with the built-in target of that name")
+        found[name] = pathlib.Path(path)
+    return dict(sorted(found.items()))
+
+
+def get_target(name_or_path: str) -> Target:
+    """The target called ``name_or_path``, or the one in that ``.toml`` file.
+
+    Raises:
+        TargetError: unknown name (the message lists the known ones) or an invalid file.
+    """
+    if name_or_path.endswith(".toml"):
+        return load_target_file(name_or_path)
+    files = target_files()
+    if name_or_path not in files:
+        raise TargetError(f"unknown target {name_or_path!r}; known targets: {', '.join(files)}")
+    target = load_target_file(files[name_or_path])
+    if target.name != name_or_path:
+        raise TargetError(f"{files[name_or_path]}: key 'name' is {target.name!r} but the file is named {name_or_path!r}")
+    return target

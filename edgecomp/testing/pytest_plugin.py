@@ -1,0 +1,1 @@
+"""pytest plugin shipped with edgecomp: fixtures for backend plugin authors (see edgecomp.testing)."""

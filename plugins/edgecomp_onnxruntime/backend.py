@@ -1,0 +1,218 @@
+"""The ``onnxruntime`` backend: the QDQ ``.onnx`` and the ``.ort`` file for ONNX Runtime Mobile/minimal builds.
+
+Lowering is serialisation plus verification, because the IR already is an ONNX model ONNX Runtime
+executes. Verification runs the artifact the way a user's runtime executes it (default graph
+optimisations: QDQ groups fused into integer kernels such as QLinearConv) and compares it with the
+QDQ simulation (no optimisation: every QuantizeLinear/DequantizeLinear evaluated in float, the
+exact semantics of the ONNX specs). On x86 CPUs without AVX-VNNI, ONNX Runtime's u8s8 kernels add
+pairs of products in saturating int16 and silently change results for full-range int8 weights;
+when the two runs disagree, the backend narrows the weights to 7 bits
+(:func:`edgecomp.passes.quantize.qdq.narrow_weight_range`) and checks again, and fails the compile
+with :class:`VerificationError` if they still disagree.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import shutil
+import subprocess
+import sys
+from typing import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from edgecomp.backend import Artifact, LowerOptions, SupportReport, Unsupported
+from edgecomp.errors import UnsupportedError, VerificationError
+from edgecomp.ir.load import to_bytes
+from edgecomp.ir.run import make_session
+from edgecomp.passes.quantize.qdq import narrow_weight_range
+
+# A compile fails verification when more than this fraction of output elements of the fused run
+# differ from the QDQ simulation by more than one quantization step (LSB) of the output. Legitimate
+# differences are rounding ties in requantization (at most 1 LSB per layer, rarely more at the end).
+MAX_DISAGREEMENT_FRACTION = 0.01
+NARROW_WEIGHT_QMAX = 63
+
+_ORT_CONVERT_SCRIPT = r"""
+import os, sys, tempfile
+import onnxruntime
+data = sys.stdin.buffer.read()
+with tempfile.TemporaryDirectory() as folder:
+    path = os.path.join(folder, "model.ort")
+    options = onnxruntime.SessionOptions()
+    options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = path
+    options.add_session_config_entry("session.save_model_format", "ORT")
+    onnxruntime.InferenceSession(data, options, providers=["CPUExecutionProvider"])
+    with open(path, "rb") as handle:
+        sys.stdout.buffer.write(handle.read())
+"""
+
+
+def convert_to_ort_format(onnx_bytes: bytes) -> tuple[bytes, bool]:
+    """Convert ONNX bytes to the ORT flatbuffer format (ONNX Runtime Mobile / minimal builds).
+
+    ONNX Runtime writes the same model with a different byte layout from run to run (its writer
+    iterates containers whose order depends on memory addresses). The conversion therefore runs in
+    a fresh interpreter with a fixed, empty environment, fixed working directory and address-space
+    randomisation disabled (``setarch -R``), which makes it byte-reproducible.
+
+    Returns:
+        (ort_bytes, reproducible): ``reproducible`` is False when ``setarch`` is unavailable and
+        the conversion ran without disabling address randomisation.
+
+    Raises:
+        VerificationError: ONNX Runtime failed to convert the model (its first error line).
+    """
+    command = [sys.executable, "-c", _ORT_CONVERT_SCRIPT]
+    setarch = shutil.which("setarch")
+    if setarch:
+        command = [setarch, platform.machine(), "-R", *command]
+    result = subprocess.run(command, input=onnx_bytes, capture_output=True, env={}, cwd="/")
+    if result.returncode != 0 and setarch:  # setarch refused (e.g. a seccomp sandbox): no -R
+        return convert_to_ort_format_unpinned(onnx_bytes)
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        raise VerificationError(f"ONNX Runtime could not write the .ort file: {message[-1] if message else 'unknown error'}")
+    return result.stdout, bool(setarch)
+
+
+def convert_to_ort_format_unpinned(onnx_bytes: bytes) -> tuple[bytes, bool]:
+    """:func:`convert_to_ort_format` without ``setarch`` (not byte-reproducible)."""
+    result = subprocess.run([sys.executable, "-c", _ORT_CONVERT_SCRIPT], input=onnx_bytes, capture_output=True, env={}, cwd="/")
+    if result.returncode != 0:
+        message = result.stderr.decode(errors="replace").strip().splitlines()
+        raise VerificationError(f"ONNX Runtime could not write the .ort file: {message[-1] if message else 'unknown error'}")
+    return result.stdout, False
+
+
+def output_quantization_steps(model: ir.Model) -> list[float | None]:
+    """Per graph output, the scale (one LSB, real units) of the DequantizeLinear producing it, else None."""
+    steps: list[float | None] = []
+    for output in model.graph.outputs:
+        producer = output.producer()
+        if producer is not None and producer.op_type == "DequantizeLinear" and producer.inputs[1].const_value is not None:
+            steps.append(float(np.max(producer.inputs[1].const_value.numpy())))
+        else:
+            steps.append(None)
+    return steps
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelCheck:
+    """Fused-kernel run vs QDQ simulation on the verification inputs.
+
+    Attributes:
+        max_lsb: largest difference in output quantization steps (or, for float outputs, relative
+            to the output range).
+        fraction_over_1_lsb: fraction (0..1) of output elements differing by more than 1 LSB.
+        samples: number of samples compared.
+    """
+
+    max_lsb: float
+    fraction_over_1_lsb: float
+    samples: int
+
+    @property
+    def agrees(self) -> bool:
+        return self.fraction_over_1_lsb <= MAX_DISAGREEMENT_FRACTION
+
+
+def check_fused_kernels(model: ir.Model, onnx_bytes: bytes, inputs: Sequence[Mapping[str, np.ndarray]]) -> KernelCheck:
+    """Compare ONNX Runtime's optimised run (fused integer kernels) with the QDQ simulation."""
+    simulated = make_session(onnx_bytes, optimize=False)
+    fused = make_session(onnx_bytes, optimize=True)
+    steps = output_quantization_steps(model)
+    worst, over, total, samples = 0.0, 0, 0, 0
+    for feeds in inputs:
+        samples += len(next(iter(feeds.values())))
+        for step, reference, actual in zip(steps, simulated.run(None, dict(feeds)), fused.run(None, dict(feeds))):
+            unit = step if step else max(float(np.ptp(reference)), 1e-12) * 1e-4
+            lsb = np.abs(reference.astype(np.float64) - actual.astype(np.float64)) / unit
+            worst = max(worst, float(lsb.max(initial=0.0)))
+            over += int(np.count_nonzero(lsb > 1.0 + 1e-3))
+            total += lsb.size
+    return KernelCheck(worst, over / total if total else 0.0, samples)
+
+
+class OnnxRuntimeBackend:
+    """ONNX Runtime: QDQ ONNX model plus its ORT-format twin."""
+
+    name = "onnxruntime"
+    description = "QDQ .onnx + .ort (ONNX Runtime / ONNX Runtime Mobile), verified by running it"
+
+    def support(self, model: ir.Model, target) -> SupportReport:
+        """Nodes ONNX Runtime's CPU execution provider has no kernel for, or a target it cannot run on.
+
+        ONNX Runtime needs an operating system: on a bare-metal ``mcu`` target every node is
+        reported. Otherwise a session is created (no optimisation) and ONNX Runtime's
+        missing-kernel error is mapped back to the node it names.
+        """
+        if target.kind == "mcu":
+            return SupportReport(self.name, (Unsupported("*", "*", f"target {target.name!r} is a bare-metal microcontroller; ONNX Runtime needs an OS (use the c-array backend)"),))
+        try:
+            make_session(model, optimize=False)
+        except Exception as exc:  # onnxruntime raises its own exception types
+            text = str(exc)
+            node = next((n for n in model.graph if f"'{n.name}'" in text or f"name '{n.name}'" in text), None)
+            reason = text.strip().splitlines()[0][:300]
+            return SupportReport(self.name, (Unsupported(node.name if node else "*", node.op_type if node else "*", reason),))
+        return SupportReport(self.name)
+
+    def legalize(self, target) -> list:
+        """No legalisation: ONNX Runtime executes the QDQ IR as it is."""
+        return []
+
+    def lower(self, model: ir.Model, target, options: LowerOptions) -> Artifact:
+        """Serialise ``model`` to ``<name>.onnx`` and ``<name>.ort`` and verify them in ONNX Runtime.
+
+        Raises:
+            VerificationError: the fused integer kernels disagree with the QDQ simulation even
+                with 7-bit weights, or the .ort file does not reproduce the .onnx outputs.
+        """
+        metadata: dict = {"weight_range": "int8 [-127, 127]"}
+        onnx_bytes = to_bytes(model)
+        if options.quantize != "none" and options.verification_inputs:
+            check = check_fused_kernels(model, onnx_bytes, options.verification_inputs)
+            metadata["fused_kernel_check"] = dataclasses.asdict(check)
+            if not check.agrees:
+                narrowed = narrow_weight_range(model, NARROW_WEIGHT_QMAX)
+                onnx_bytes = to_bytes(model)
+                retry = check_fused_kernels(model, onnx_bytes, options.verification_inputs)
+                metadata["weight_range"] = f"7-bit [-{NARROW_WEIGHT_QMAX}, {NARROW_WEIGHT_QMAX}] on {narrowed} weight tensors"
+                metadata["fused_kernel_check_full_range"] = metadata.pop("fused_kernel_check")
+                metadata["fused_kernel_check"] = dataclasses.asdict(retry)
+                if not retry.agrees:
+                    raise VerificationError(
+                        f"ONNX Runtime's fused int8 kernels disagree with the QDQ simulation on {retry.fraction_over_1_lsb:.1%} "
+                        f"of output elements (max {retry.max_lsb:.0f} LSB) even with 7-bit weights; refusing to ship a wrong model"
+                    )
+        ort_bytes, reproducible = convert_to_ort_format(onnx_bytes)
+        metadata["ort_format_reproducible"] = reproducible
+        if options.verification_inputs:
+            self._check_ort_file(onnx_bytes, ort_bytes, options.verification_inputs)
+        session = make_session(onnx_bytes, optimize=True)
+
+        def runner(feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+            return session.run(None, dict(feeds))
+
+        stem = options.model_name
+        return Artifact(
+            backend=self.name,
+            files={f"{stem}.onnx": onnx_bytes, f"{stem}.ort": ort_bytes},
+            flash_bytes=len(onnx_bytes),
+            metadata=metadata,
+            runner=runner,
+            model=model,
+        )
+
+    @staticmethod
+    def _check_ort_file(onnx_bytes: bytes, ort_bytes: bytes, inputs: Sequence[Mapping[str, np.ndarray]]) -> None:
+        reference = make_session(onnx_bytes, optimize=True)
+        converted = make_session(ort_bytes, optimize=True)
+        for feeds in inputs:
+            for expected, actual in zip(reference.run(None, dict(feeds)), converted.run(None, dict(feeds))):
+                if not np.array_equal(expected, actual):
+                    raise VerificationError("the .ort file's outputs differ from the .onnx model's in ONNX Runtime")
