@@ -8,6 +8,7 @@ Errors print one line ``edgecomp: error: ...`` on stderr and exit with the code 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -35,6 +36,13 @@ class _Group(click.Group):
             return super().invoke(ctx)
         except EdgecompError as error:
             _fail(error)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as error:  # a bug in edgecomp or a plugin: one line, exit code 1
+            if os.environ.get("EDGECOMP_DEBUG"):
+                raise
+            click.echo(f"edgecomp: internal error: {type(error).__name__}: {error} (set EDGECOMP_DEBUG=1 for the traceback)", err=True)
+            sys.exit(EdgecompError.exit_code)
 
 
 @click.group(cls=_Group)

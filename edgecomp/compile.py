@@ -110,6 +110,9 @@ def write_atomically(folder: pathlib.Path, files: dict[str, bytes]) -> None:
     folder = folder.resolve()
     try:
         staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp makes it private; the result is an ordinary folder
         try:
             for name, data in sorted(files.items()):
                 (staging / name).write_bytes(data)

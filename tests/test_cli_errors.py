@@ -1,0 +1,129 @@
+"""Bad input: one clear line on stderr, a documented exit code, no traceback, no output folder left behind."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import onnx
+import pytest
+
+from realdata import MNIST_CALIB, MNIST_MODEL
+
+from edgecomp.errors import CalibrationDataError, ModelError, OutputError, PluginError, TargetError
+
+
+def run_cli(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgecomp", *args], capture_output=True, text=True, cwd=cwd)
+
+
+def assert_clean_failure(result: subprocess.CompletedProcess, exit_code: int, *fragments: str) -> None:
+    assert result.returncode == exit_code, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("edgecomp: error: ")
+    assert "Traceback" not in result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+
+
+def mnist_with(tmp_path: pathlib.Path, edit) -> pathlib.Path:
+    proto = onnx.load(MNIST_MODEL)
+    edit(proto)
+    path = tmp_path / "broken.onnx"
+    path.write_bytes(proto.SerializeToString())
+    return path
+
+
+def _drop_initializer(proto):
+    for field in (proto.graph.initializer, proto.graph.input):
+        kept = [item for item in field if item.name != "Parameter87"]
+        del field[:]
+        field.extend(kept)
+
+
+def _make_cycle(proto):
+    next(n for n in proto.graph.node if n.name == "Convolution110").input[0] = "Plus112_Output_0"
+
+
+def _unknown_domain(proto):
+    proto.graph.node[3].domain = "org.example"
+
+
+MODEL_CASES = {
+    "not-onnx": (lambda tmp: (tmp / "x.onnx").write_text("hello, not a model") and tmp / "x.onnx", ["x.onnx", "not an ONNX model"]),
+    "truncated": (lambda tmp: (tmp / "t.onnx").write_bytes(MNIST_MODEL.read_bytes()[:9000]) and tmp / "t.onnx", ["t.onnx", "truncated"]),
+    "missing-initializer": (lambda tmp: mnist_with(tmp, _drop_initializer), ["Convolution110", "Parameter87"]),
+    "cycle": (lambda tmp: mnist_with(tmp, _make_cycle), ["cycle"]),
+    "unknown-domain": (lambda tmp: mnist_with(tmp, _unknown_domain), ["ReLU32", "org.example"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MODEL_CASES))
+def test_bad_model(tmp_path, case):
+    make, fragments = MODEL_CASES[case]
+    model = make(tmp_path)
+    before = model.read_bytes()
+    result = run_cli("compile", str(model), "-t", "host-x86_64", "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, ModelError.exit_code, *fragments)
+    assert not (tmp_path / "out").exists()
+    assert model.read_bytes() == before  # the input is never modified
+
+
+def _npz(tmp_path: pathlib.Path, **arrays) -> pathlib.Path:
+    path = tmp_path / "calib.npz"
+    np.savez(path, **arrays)
+    return path
+
+
+def real_digits(count: int) -> np.ndarray:
+    return np.load(MNIST_CALIB)["x"][:count]
+
+
+CALIBRATION_CASES = {
+    "wrong-shape": (lambda tmp: _npz(tmp, Input3=real_digits(4)[:, :, :27, :]), ["calib.npz", "Input3"]),
+    "wrong-dtype": (lambda tmp: _npz(tmp, Input3=np.array([["a"] * 784] * 2).reshape(2, 1, 28, 28)), ["calib.npz", "Input3"]),
+    "wrong-name": (lambda tmp: _npz(tmp, image=real_digits(4)), ["calib.npz", "image"]),
+    "empty": (lambda tmp: _npz(tmp, Input3=real_digits(0)), ["calib.npz"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CALIBRATION_CASES))
+def test_bad_calibration_data(tmp_path, case):
+    make, fragments = CALIBRATION_CASES[case]
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "--calibration", str(make(tmp_path)), "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, CalibrationDataError.exit_code, *fragments)
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_target(tmp_path):
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "cortex-m99", "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, TargetError.exit_code, "cortex-m99", "cortex-m4")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_backend(tmp_path):
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tensorrt", "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, PluginError.exit_code, "tensorrt", "onnxruntime")
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_path_is_a_file(tmp_path):
+    (tmp_path / "out").write_text("keep me")
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, OutputError.exit_code, "out", "existing file")
+    assert (tmp_path / "out").read_text() == "keep me"
+
+
+def test_missing_model_file(tmp_path):
+    result = run_cli("compile", "nowhere.onnx", "-t", "host-x86_64", "-q", "none", cwd=tmp_path)
+    assert_clean_failure(result, ModelError.exit_code, "nowhere.onnx", "not found")
+
+
+def test_no_leftover_staging_folders(tmp_path):
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "nope", "-q", "none", "-o", "out", cwd=tmp_path)
+    assert result.returncode == TargetError.exit_code
+    assert os.listdir(tmp_path) == []

@@ -1,0 +1,99 @@
+"""End-to-end compiles of the real models through the Python API and the CLI."""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from realdata import ASSETS, MLPERF, MNIST_CALIB, MNIST_EVAL, MNIST_MODEL
+
+from edgecomp.compile import PLAN_FILE, CompileOptions, compile_model
+from edgecomp.errors import BudgetError
+from edgecomp.ir.run import make_session
+
+
+def test_mnist_for_cortex_m4_as_in_the_readme(tmp_path):
+    """The README's first command: real digits, INT8, microcontroller target, report on stdout."""
+    result = subprocess.run(
+        [sys.executable, "-m", "edgecomp", "compile", str(MNIST_MODEL), "-t", "cortex-m4",
+         "--calibration", str(MNIST_CALIB), "--eval", str(MNIST_EVAL), "-o", "build", "--json"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    names = sorted(pathlib.Path(a["path"]).name for a in report["artifacts"])
+    assert names == ["mnist-8.c", "mnist-8.h", PLAN_FILE]
+    assert sorted(p.name for p in (tmp_path / "build").iterdir()) == names
+    output = report["evaluation"]["outputs"]["Plus214_Output_0"]
+    assert output["accuracy_fp32"] == pytest.approx(0.993)
+    assert output["accuracy_compiled"] >= 0.9925
+    assert output["sqnr_db"] > 25
+    assert report["sizes"]["flash_bytes"] <= report["sizes"]["flash_budget_bytes"] == 1048576
+    assert set(report["timings_s"]) >= {"load", "canonicalize", "quantize", "lower", "evaluate", "write"}
+
+
+def test_same_inputs_give_byte_identical_artifacts(tmp_path, mnist_small_calib):
+    digests = []
+    for run in ("a", "b"):
+        result = compile_model(CompileOptions(model=str(MNIST_MODEL), target="cortex-m4", calibration=str(mnist_small_calib), output=str(tmp_path / run)))
+        digests.append({pathlib.Path(a["path"]).name: a["sha256"] for a in result.report["artifacts"]})
+    assert digests[0] == digests[1]
+    for name in digests[0]:
+        assert (tmp_path / "a" / name).read_bytes() == (tmp_path / "b" / name).read_bytes()
+
+
+def test_flash_budget_exceeded_names_both_sizes(tmp_path, mnist_small_calib):
+    small = tmp_path / "tiny-mcu.toml"
+    text = (pathlib.Path(__file__).resolve().parent.parent / "targets" / "cortex-m4.toml").read_text()
+    small.write_text(text.replace('name = "cortex-m4"', 'name = "tiny-mcu"').replace("flash_bytes = 1048576", "flash_bytes = 16384"))
+    with pytest.raises(BudgetError, match=r"needs \d+ bytes of flash; target 'tiny-mcu' has 16384"):
+        compile_model(CompileOptions(model=str(MNIST_MODEL), target=str(small), calibration=str(mnist_small_calib), output=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
+
+
+def test_float_compile_matches_the_model(tmp_path):
+    result = compile_model(CompileOptions(model=str(MNIST_MODEL), target="host-x86_64", quantize="none", eval=str(MNIST_EVAL), output=str(tmp_path / "f")))
+    output = result.report["evaluation"]["outputs"]["Plus214_Output_0"]
+    assert output["top1_agreement"] == 1.0 and output["max_abs_error"] < 1e-3
+    assert not (tmp_path / "f" / PLAN_FILE).exists()
+
+
+def _images(size: int, scale: float) -> np.ndarray:
+    folder = ASSETS / "images"
+    files = sorted(p for p in folder.iterdir() if p.suffix in (".png", ".jpg"))
+    return np.stack([np.asarray(Image.open(p).convert("RGB").resize((size, size), Image.BILINEAR), np.float32) * scale for p in files])
+
+
+def _kws_sample() -> np.ndarray:
+    q = np.load(MLPERF / "kws" / "mlperf_kws_input_data_int8_1x49x10x1.npy")
+    return (q.astype(np.float32) - 83) * 0.5847029089927673
+
+
+# (model file, input builder, minimum SQNR dB on the real inputs)
+MLPERF_CASES = {
+    "kws": ("kws/kws_ref_model_float32.onnx", _kws_sample, 20.0),
+    "vww": ("vww/vww_96_float.onnx", lambda: _images(96, 1 / 255), 15.0),
+    "ic": ("ic/pretrainedResnet.onnx", lambda: _images(32, 1.0), 15.0),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MLPERF_CASES))
+def test_mlperf_tiny_naive_int8_for_host(tmp_path, name):
+    path, make_inputs, min_sqnr = MLPERF_CASES[name]
+    x = make_inputs()
+    data = tmp_path / "data.npz"
+    np.savez(data, x=x)
+    result = compile_model(CompileOptions(model=str(MLPERF / path), target="host-x86_64", calibration=str(data), eval=str(data), output=str(tmp_path / "out")))
+    output = next(iter(result.report["evaluation"]["outputs"].values()))
+    assert output["sqnr_db"] >= min_sqnr
+    # the shipped file runs in ONNX Runtime with its default settings and agrees with the report
+    session = make_session((tmp_path / "out" / (pathlib.Path(path).stem + ".onnx")).read_bytes(), optimize=True)
+    probabilities = session.run(None, {session.get_inputs()[0].name: x})[0]
+    assert probabilities.shape == (len(x), {"kws": 12, "vww": 2, "ic": 10}[name])
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=0.02)
