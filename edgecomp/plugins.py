@@ -59,7 +59,7 @@ def check_pending(manager: pluggy.PluginManager) -> None:
     try:
         manager.check_pending()
     except pluggy.PluginValidationError as exc:
-        raise PluginError(f"plugin {exc.plugin_name!r} breaks the plugin contract: {exc}") from exc
+        raise PluginError(f"plugin {manager.get_name(exc.plugin)!r} breaks the plugin contract: {exc}") from exc
 
 
 @functools.lru_cache(maxsize=1)
