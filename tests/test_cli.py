@@ -1,0 +1,40 @@
+"""The informational commands: inspect, targets, plugins (JSON output checked against the models)."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from realdata import MLPERF, MNIST_MODEL
+
+from edgecomp.cli import cli
+
+
+def invoke(*args: str) -> dict | list:
+    result = CliRunner().invoke(cli, list(args))
+    assert result.exit_code == 0, result.output
+    return json.loads(result.output)
+
+
+def test_inspect_mnist():
+    data = invoke("inspect", str(MNIST_MODEL), "--json")
+    assert data["parameters"] == 5998
+    # 2 Conv (5x5, 'same'): 8*28*28*1*25 + 16*14*14*8*25, dense 256x10
+    assert data["macs"] == 8 * 28 * 28 * 25 + 16 * 14 * 14 * 8 * 25 + 256 * 10
+    assert data["op_histogram"]["Conv"] == 2
+    assert data["support"] == {"c-array": [], "onnxruntime": []}
+
+
+def test_inspect_reports_backend_support_per_target():
+    data = invoke("inspect", str(MLPERF / "kws" / "kws_ref_model_float32.onnx"), "-t", "cortex-m4", "--json")
+    assert data["support"]["c-array"] == []
+    assert "bare-metal" in data["support"]["onnxruntime"][0]["reason"]
+
+
+def test_targets_and_plugins_json():
+    targets = invoke("targets", "--json")
+    assert [t["name"] for t in targets] == ["cortex-m4", "cortex-m7", "host-x86_64", "rpi4-aarch64"]
+    plugins = invoke("plugins", "--json")
+    assert sorted(plugins["backends"]) == ["c-array", "onnxruntime"]
+    assert {p["name"] for p in plugins["plugins"]} >= {"c-array", "onnxruntime"}
