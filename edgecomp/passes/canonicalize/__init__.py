@@ -7,7 +7,9 @@ no DequantizeLinear on constant weights, no unused nodes or initializers, and no
 order. Every pass keeps ONNX Runtime outputs equal (see each pass's tolerance in its test).
 
 Library passes (onnx-ir ``onnx_ir.passes.common``) are used wherever they exist; the modules here
-add only what onnx-ir lacks, one pass per module.
+add only what onnx-ir lacks, one pass per module. Our passes rewrite the main graph only (not
+If/Loop/Scan bodies or model-local functions). Each records why it left a candidate node in its
+``refusals`` attribute (node name -> reason) and logs it at debug level.
 """
 
 from __future__ import annotations

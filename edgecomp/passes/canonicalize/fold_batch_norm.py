@@ -137,7 +137,9 @@ def _output_channel_count(producer: ir.Node, weight: np.ndarray) -> int:
     return weight.shape[0] if producer.attributes.get_int("transB", 0) else weight.shape[1]
 
 
-def fold_into_weights(op_type: str, weight: np.ndarray, scale: np.ndarray, *, group: int = 1, trans_b: int = 0) -> np.ndarray:
+def fold_into_weights(
+    op_type: str, weight: np.ndarray, scale: np.ndarray, *, group: int = 1, trans_b: int = 0
+) -> np.ndarray:
     """Multiplies each output channel c of a Conv/ConvTranspose/Gemm weight by ``scale[c]``.
 
     Args:

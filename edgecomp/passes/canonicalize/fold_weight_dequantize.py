@@ -23,7 +23,8 @@ class FoldWeightDequantizePass(InPlacePass):
     """Replaces ``DequantizeLinear`` nodes whose x, scale and zero point are constants by initializers.
 
     These are the weights and biases of a pre-quantized or quantization-aware-trained (QAT) QDQ model,
-    e.g. the 20 weight/bias DequantizeLinear nodes of MLPerf Tiny ``kws_ref_model_int8_qdq.onnx``.
+    e.g. the 20 DequantizeLinear nodes of MLPerf Tiny ``kws_ref_model_int8_qdq.onnx`` (10 int8 weights,
+    9 per-channel and 1 per-tensor, and 10 int32 biases).
     Running this pass turns such a model's weights back into float (its activation
     QuantizeLinear/DequantizeLinear pairs stay), so only run it when the learned weight scales are not
     to be kept (``canonicalization_passes(fold_weight_dequantize=True)``).
@@ -93,7 +94,12 @@ def _check(node: ir.Node, x: np.ndarray, scale: np.ndarray) -> str | None:
 
 
 def dequantize(
-    x: np.ndarray, scale: np.ndarray, zero_point: np.ndarray | None, *, axis: int = 1, dtype: np.dtype | type = np.float32
+    x: np.ndarray,
+    scale: np.ndarray,
+    zero_point: np.ndarray | None,
+    *,
+    axis: int = 1,
+    dtype: np.dtype | type = np.float32,
 ) -> np.ndarray:
     """Computes ONNX DequantizeLinear ``y = (x - zero_point) * scale`` in numpy.
 
