@@ -29,7 +29,7 @@ from edgecomp.passes.canonicalize import canonicalization_passes
 from edgecomp.passes.quantize import metrics
 from edgecomp.passes.quantize.calibration_data import ImagePreprocessing, input_specs, open_dataset
 from edgecomp.passes.quantize.observers import METHODS
-from edgecomp.passes.quantize.plan import QuantizationPlan, TensorPlan
+from edgecomp.passes.quantize.plan import QuantizationPlan
 from edgecomp.plugins import get_backend
 from edgecomp.targets import get_target
 

@@ -24,7 +24,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgecomp.backend import Artifact, LowerOptions, SupportReport, Unsupported
-from edgecomp.errors import UnsupportedError, VerificationError
+from edgecomp.errors import VerificationError
 from edgecomp.ir.load import to_bytes
 from edgecomp.ir.run import make_session
 from edgecomp.passes.quantize.qdq import narrow_weight_range

@@ -10,7 +10,7 @@ import onnx
 import onnx_ir as ir
 from onnx.reference import ReferenceEvaluator
 
-from edgecomp.passes.base import InPlacePass, PassResult
+from edgecomp.passes.rewrite import NodeRewritePass
 from edgecomp.passes.canonicalize._util import constant_array, replace_with_initializers
 
 __all__ = ["ConstantFoldingPass", "DEFAULT_MAX_OUTPUT_ELEMENTS"]
@@ -32,7 +32,7 @@ NONDETERMINISTIC_OPS = frozenset(
 QUANTIZATION_OPS = frozenset({"DequantizeLinear", "DynamicQuantizeLinear", "QuantizeLinear"})
 
 
-class ConstantFoldingPass(InPlacePass):
+class ConstantFoldingPass(NodeRewritePass):
     """Evaluates nodes whose inputs are all constants and replaces them by initializers.
 
     A node is folded when it is in the ONNX domain, has at least one input, every present input is
@@ -63,28 +63,20 @@ class ConstantFoldingPass(InPlacePass):
     def __init__(self, max_output_elements: int = DEFAULT_MAX_OUTPUT_ELEMENTS) -> None:
         super().__init__()
         self.max_output_elements = max_output_elements
-        self.refusals: dict[str, str] = {}
 
-    def call(self, model: ir.Model) -> PassResult:
-        self.refusals = {}
-        graph = model.graph
-        folded = 0
-        for node in list(graph):
-            inputs = _constant_inputs(node)
-            if inputs is None:
-                continue
-            reason = self._check(node)
-            if reason is None:
-                outputs = _evaluate(node, inputs, model.opset_imports)
-                reason = outputs if isinstance(outputs, str) else self._check_outputs(node, outputs)
-            if reason is not None:
-                self.refusals[node.name or node.outputs[0].name] = reason
-                logger.debug("not folding %s (%s): %s", node.name, node.op_type, reason)
-                continue
-            replace_with_initializers(graph, node, outputs)
-            logger.debug("folded %s (%s)", node.name, node.op_type)
-            folded += 1
-        return PassResult(model, modified=folded > 0)
+    def check(self, model: ir.Model, node: ir.Node) -> list[np.ndarray] | str | None:
+        inputs = _constant_inputs(node)
+        if inputs is None:
+            return None
+        reason = self._check(node)
+        if reason is not None:
+            return reason
+        outputs = _evaluate(node, inputs, model.opset_imports)
+        return outputs if isinstance(outputs, str) else (self._check_outputs(node, outputs) or outputs)
+
+    def rewrite(self, model: ir.Model, node: ir.Node, match: list[np.ndarray]) -> None:
+        replace_with_initializers(model.graph, node, match)
+        logger.debug("folded %s (%s)", node.name, node.op_type)
 
     def _check(self, node: ir.Node) -> str | None:
         """Returns why ``node`` (all inputs constant) must not be folded, or None."""

@@ -6,7 +6,7 @@ import logging
 
 import onnx_ir as ir
 
-from edgecomp.passes.base import InPlacePass, PassResult
+from edgecomp.passes.rewrite import NodeRewritePass
 from edgecomp.passes.canonicalize._util import constant_array, fuse_nodes
 
 __all__ = ["DropoutToIdentityPass"]
@@ -14,7 +14,7 @@ __all__ = ["DropoutToIdentityPass"]
 logger = logging.getLogger(__name__)
 
 
-class DropoutToIdentityPass(InPlacePass):
+class DropoutToIdentityPass(NodeRewritePass):
     """Rewrites every inference-mode ``Dropout`` whose mask is unused into an ``Identity``.
 
     ONNX ``Dropout`` (opset 12/13/22: inputs ``data``, optional ``ratio``, optional ``training_mode``;
@@ -34,26 +34,14 @@ class DropoutToIdentityPass(InPlacePass):
     Raises nothing.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.refusals: dict[str, str] = {}
+    op_type = "Dropout"
 
-    def call(self, model: ir.Model) -> PassResult:
-        self.refusals = {}
-        rewritten = 0
-        for node in list(model.graph):
-            if node.op_type != "Dropout" or node.domain not in ("", "ai.onnx"):
-                continue
-            reason = _check(node)
-            if reason is not None:
-                self.refusals[node.name] = reason
-                logger.debug("leaving Dropout %s: %s", node.name, reason)
-                continue
-            identity = ir.Node("", "Identity", [node.inputs[0]], name=node.name, num_outputs=1)
-            fuse_nodes(model.graph, [node], identity)
-            rewritten += 1
-        return PassResult(model, modified=rewritten > 0)
+    def check(self, model: ir.Model, node: ir.Node) -> ir.Node | str:
+        return _check(node) or node
 
+    def rewrite(self, model: ir.Model, node: ir.Node, match: ir.Node) -> None:
+        identity = ir.Node("", "Identity", [node.inputs[0]], name=node.name, num_outputs=1)
+        fuse_nodes(model.graph, [node], identity)
 
 def _check(node: ir.Node) -> str | None:
     """Returns why ``node`` (a Dropout) cannot become an Identity, or None."""

@@ -8,7 +8,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from edgecomp.passes.base import InPlacePass, PassResult
+from edgecomp.passes.rewrite import NodeRewritePass
 from edgecomp.passes.canonicalize._util import constant_array, fuse_nodes, make_initializer, sole_consumer
 
 __all__ = ["FoldBatchNormPass", "fold_into_weights"]
@@ -32,7 +32,7 @@ class _Match:
     epsilon: float
 
 
-class FoldBatchNormPass(InPlacePass):
+class FoldBatchNormPass(NodeRewritePass):
     """Folds ``BatchNormalization`` (inference mode) into the Conv, ConvTranspose or Gemm before it.
 
     ONNX BatchNormalization (operator spec, opsets 9/14/15, inference mode) computes per channel c
@@ -67,25 +67,13 @@ class FoldBatchNormPass(InPlacePass):
     Raises nothing.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.refusals: dict[str, str] = {}
+    op_type = "BatchNormalization"
 
-    def call(self, model: ir.Model) -> PassResult:
-        self.refusals = {}
-        folded = 0
-        for node in list(model.graph):
-            if node.op_type != "BatchNormalization" or node.domain not in ("", "ai.onnx"):
-                continue
-            match = _match(node)
-            if isinstance(match, str):
-                self.refusals[node.name] = match
-                logger.debug("leaving BatchNormalization %s: %s", node.name, match)
-                continue
-            _rewrite(model.graph, match)
-            folded += 1
-        return PassResult(model, modified=folded > 0)
+    def check(self, model: ir.Model, node: ir.Node) -> _Match | str:
+        return _match(node)
 
+    def rewrite(self, model: ir.Model, node: ir.Node, match: _Match) -> None:
+        _rewrite(model.graph, match)
 
 def _match(batch_norm: ir.Node) -> _Match | str:
     """Returns the fold's operands, or why ``batch_norm`` cannot be folded."""

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgecomp.errors import ModelError
-from edgecomp.passes.base import InPlacePass, PassResult
+from edgecomp.passes.rewrite import NodeRewritePass
 from edgecomp.passes.canonicalize._util import constant_array, replace_with_initializers
 
 __all__ = ["FoldWeightDequantizePass", "dequantize"]
@@ -19,7 +19,7 @@ logger = logging.getLogger(__name__)
 INTEGER_QUANTIZED_DTYPES = frozenset(np.dtype(name) for name in ("int8", "uint8", "int16", "uint16", "int32"))
 
 
-class FoldWeightDequantizePass(InPlacePass):
+class FoldWeightDequantizePass(NodeRewritePass):
     """Replaces ``DequantizeLinear`` nodes whose x, scale and zero point are constants by initializers.
 
     These are the weights and biases of a pre-quantized or quantization-aware-trained (QAT) QDQ model,
@@ -48,38 +48,25 @@ class FoldWeightDequantizePass(InPlacePass):
             model is invalid; ONNX Runtime would refuse it too).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.refusals: dict[str, str] = {}
+    op_type = "DequantizeLinear"
 
-    def call(self, model: ir.Model) -> PassResult:
-        self.refusals = {}
-        folded = 0
-        for node in list(model.graph):
-            if node.op_type != "DequantizeLinear" or node.domain not in ("", "ai.onnx"):
-                continue
-            x, scale = constant_array(node.inputs[0]), constant_array(node.inputs[1])
-            has_zero_point = len(node.inputs) > 2 and node.inputs[2] is not None
-            zero_point = constant_array(node.inputs[2]) if has_zero_point else None
-            if x is None or scale is None or (has_zero_point and zero_point is None):
-                continue  # an activation: not a weight
-            reason = _check(node, x, scale)
-            if reason is not None:
-                self.refusals[node.name] = reason
-                logger.debug("leaving DequantizeLinear %s: %s", node.name, reason)
-                continue
-            output_dtype = node.attributes.get_int("output_dtype", 0)
-            dtype = ir.DataType(output_dtype).numpy() if output_dtype else scale.dtype
-            axis = node.attributes.get_int("axis", 1)
-            try:
-                value = dequantize(x, scale, zero_point, axis=axis, dtype=dtype)
-            except ValueError as error:
-                raise ModelError(f"DequantizeLinear node {node.name!r}: {error}") from error
-            replace_with_initializers(model.graph, node, [value])
-            logger.debug("folded DequantizeLinear %s into a %s initializer", node.name, dtype)
-            folded += 1
-        return PassResult(model, modified=folded > 0)
+    def check(self, model: ir.Model, node: ir.Node) -> tuple[np.ndarray, np.ndarray, np.ndarray | None] | str | None:
+        x, scale = constant_array(node.inputs[0]), constant_array(node.inputs[1])
+        has_zero_point = len(node.inputs) > 2 and node.inputs[2] is not None
+        zero_point = constant_array(node.inputs[2]) if has_zero_point else None
+        if x is None or scale is None or (has_zero_point and zero_point is None):
+            return None  # an activation: not a weight
+        return _check(node, x, scale) or (x, scale, zero_point)
 
+    def rewrite(self, model: ir.Model, node: ir.Node, match: tuple[np.ndarray, np.ndarray, np.ndarray | None]) -> None:
+        x, scale, zero_point = match
+        output_dtype = node.attributes.get_int("output_dtype", 0)
+        dtype = ir.DataType(output_dtype).numpy() if output_dtype else scale.dtype
+        try:
+            value = dequantize(x, scale, zero_point, axis=node.attributes.get_int("axis", 1), dtype=dtype)
+        except ValueError as error:
+            raise ModelError(f"DequantizeLinear node {node.name!r}: {error}") from error
+        replace_with_initializers(model.graph, node, [value])
 
 def _check(node: ir.Node, x: np.ndarray, scale: np.ndarray) -> str | None:
     if node.attributes.get_int("block_size", 0):

@@ -7,7 +7,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from edgecomp.passes.base import InPlacePass, PassResult
+from edgecomp.passes.rewrite import NodeRewritePass
 from edgecomp.passes.canonicalize._util import constant_array, fuse_nodes, make_initializer, sole_consumer
 
 __all__ = ["FuseBiasAddPass"]
@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 GEMM_FLOAT_DTYPES = frozenset({ir.DataType.FLOAT, ir.DataType.FLOAT16, ir.DataType.DOUBLE, ir.DataType.BFLOAT16})
 
 
-class FuseBiasAddPass(InPlacePass):
+class FuseBiasAddPass(NodeRewritePass):
     """Folds ``Add(producer output, constant)`` into the producer, for Conv and MatMul producers.
 
     **Conv + Add.** ``Add(Conv(X, W[, b]), c)`` with c a constant that broadcasts (ONNX
@@ -46,34 +46,28 @@ class FuseBiasAddPass(InPlacePass):
     Raises nothing.
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.refusals: dict[str, str] = {}
+    op_type = "Add"
 
-    def call(self, model: ir.Model) -> PassResult:
-        self.refusals = {}
-        fused = 0
-        for node in list(model.graph):
-            if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
-                continue
-            operands = _split_operands(node)
-            if operands is None:
-                continue
-            producer_output, constant = operands
-            producer = producer_output.producer()
-            if producer is not None and producer.op_type == "Conv" and producer.domain in ("", "ai.onnx"):
-                reason = _fuse_conv(model.graph, producer, node, constant)
-            elif producer is not None and producer.op_type == "MatMul" and producer.domain in ("", "ai.onnx"):
-                reason = _fuse_matmul(model.graph, producer, node, constant)
-            else:
-                reason = "the non-constant operand is not a Conv or MatMul output"
-            if reason is not None:
-                self.refusals[node.name] = reason
-                logger.debug("leaving Add %s: %s", node.name, reason)
-            else:
-                fused += 1
-        return PassResult(model, modified=fused > 0)
+    def check(self, model: ir.Model, node: ir.Node) -> tuple | str | None:
+        if len(node.inputs) != 2:
+            return None
+        operands = _split_operands(node)
+        if operands is None:
+            return None
+        producer_output, constant = operands
+        producer = producer_output.producer()
+        if producer is not None and producer.op_type == "Conv" and producer.domain in ("", "ai.onnx"):
+            return _check_conv(producer, node, constant)
+        if producer is not None and producer.op_type == "MatMul" and producer.domain in ("", "ai.onnx"):
+            return _check_matmul(producer, node, constant)
+        return "the non-constant operand is not a Conv or MatMul output"
 
+    def rewrite(self, model: ir.Model, node: ir.Node, match: tuple) -> None:
+        kind, producer, operand = match
+        if kind == "Conv":
+            _fuse_conv(model.graph, producer, node, operand)
+        else:
+            _fuse_matmul(model.graph, producer, node, operand)
 
 def _split_operands(add: ir.Node) -> tuple[ir.Value, np.ndarray] | None:
     """(non-constant operand, constant data) of an Add with exactly one constant operand, else None."""
@@ -90,8 +84,8 @@ def _producer_is_exclusive(producer: ir.Node, add: ir.Node) -> bool:
     return len(producer.outputs) == 1 and sole_consumer(producer.outputs[0]) is add
 
 
-def _fuse_conv(graph: ir.Graph, conv: ir.Node, add: ir.Node, constant: np.ndarray) -> str | None:
-    """Moves the Add's constant into the Conv bias; returns why not, or None when done."""
+def _check_conv(conv: ir.Node, add: ir.Node, constant: np.ndarray) -> tuple[str, ir.Node, np.ndarray] | str:
+    """("Conv", conv, fused bias array), or why the Add's constant cannot become the Conv bias."""
     if not _producer_is_exclusive(conv, add):
         return "Conv output has another consumer or is a graph output"
     weight = constant_array(conv.inputs[1])
@@ -111,7 +105,12 @@ def _fuse_conv(graph: ir.Graph, conv: ir.Node, add: ir.Node, constant: np.ndarra
         if old_bias is None:
             return "Conv bias is not a constant"
         bias = old_bias + bias
-    new_bias = make_initializer(graph, f"{add.name or add.outputs[0].name}_folded_bias", bias.astype(weight.dtype))
+    return ("Conv", conv, bias.astype(weight.dtype))
+
+
+def _fuse_conv(graph: ir.Graph, conv: ir.Node, add: ir.Node, bias: np.ndarray) -> None:
+    """Replaces Conv + Add by a Conv whose bias is ``bias`` ([C_out])."""
+    new_bias = make_initializer(graph, f"{add.name or add.outputs[0].name}_folded_bias", bias)
     fused = ir.Node(
         "",
         "Conv",
@@ -122,11 +121,10 @@ def _fuse_conv(graph: ir.Graph, conv: ir.Node, add: ir.Node, constant: np.ndarra
     )
     fuse_nodes(graph, [conv, add], fused)
     logger.debug("fused Add %s into Conv %s bias", add.name, conv.name)
-    return None
 
 
-def _fuse_matmul(graph: ir.Graph, matmul: ir.Node, add: ir.Node, constant: np.ndarray) -> str | None:
-    """Replaces MatMul + Add by a Gemm; returns why not, or None when done."""
+def _check_matmul(matmul: ir.Node, add: ir.Node, constant: np.ndarray) -> tuple[str, ir.Node, ir.Value] | str:
+    """("MatMul", matmul, bias value), or why MatMul + Add cannot become a Gemm."""
     if not _producer_is_exclusive(matmul, add):
         return "MatMul output has another consumer or is a graph output"
     a, w = matmul.inputs
@@ -144,8 +142,12 @@ def _fuse_matmul(graph: ir.Graph, matmul: ir.Node, add: ir.Node, constant: np.nd
     columns = weight.shape[1]
     if constant.shape not in ((columns,), (1, columns)):
         return f"bias shape {list(constant.shape)} is not [{columns}] or [1, {columns}]"
-    bias = add.inputs[1] if add.inputs[0] is matmul.outputs[0] else add.inputs[0]
+    return ("MatMul", matmul, add.inputs[1] if add.inputs[0] is matmul.outputs[0] else add.inputs[0])
+
+
+def _fuse_matmul(graph: ir.Graph, matmul: ir.Node, add: ir.Node, bias: ir.Value) -> None:
+    """Replaces MatMul + Add by a Gemm with ``bias`` as C."""
+    a, w = matmul.inputs
     gemm = ir.Node("", "Gemm", [a, w, bias], name=matmul.name, num_outputs=1)
     fuse_nodes(graph, [matmul, add], gemm)
     logger.debug("fused MatMul %s + Add %s into Gemm", matmul.name, add.name)
-    return None
