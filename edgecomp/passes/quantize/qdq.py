@@ -41,6 +41,23 @@ def _dequantize(graph: ir.Graph, base: str, quantized: ir.Value, scale: ir.Value
     )
 
 
+def _feed_dequantized(graph: ir.Graph, node: ir.Node, input_index: int, quantized: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None) -> None:
+    """Store ``quantized`` with its parameters as initializers and feed ``node`` their DequantizeLinear."""
+    value = node.inputs[input_index]
+    base = value.name
+    dequantize = _dequantize(
+        graph,
+        base,
+        _initializer(graph, f"{base}_quantized", quantized),
+        _initializer(graph, f"{base}_scale", scale),
+        _initializer(graph, f"{base}_zero_point", zero_point),
+        axis,
+    )
+    graph.insert_before(node, dequantize)
+    node.replace_input_with(input_index, dequantize.outputs[0])
+    _drop_if_unused(graph, value)
+
+
 def quantize_activation(graph: ir.Graph, value: ir.Value, scale: float, zero_point: int) -> None:
     """Insert ``QuantizeLinear -> DequantizeLinear`` on float tensor ``value`` (per-tensor int8).
 
@@ -93,19 +110,8 @@ def quantize_weight(graph: ir.Graph, node: ir.Node, input_index: int, axis: int)
     broadcast = [1] * weights.ndim
     broadcast[axis] = -1
     quantized = np.clip(np.round(weights / scale.reshape(broadcast)), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
-    base = value.name
-    dequantize = _dequantize(
-        graph,
-        base,
-        _initializer(graph, f"{base}_quantized", quantized),
-        _initializer(graph, f"{base}_scale", scale),
-        _initializer(graph, f"{base}_zero_point", np.zeros(scale.shape, dtype=np.int8)),
-        axis,
-    )
-    graph.insert_before(node, dequantize)
-    node.replace_input_with(input_index, dequantize.outputs[0])
-    _drop_if_unused(graph, value)
-    return TensorPlan(base, "weight", "int8", "per-channel", axis, tuple(scale.tolist()), (0,) * len(scale), "absmax")
+    _feed_dequantized(graph, node, input_index, quantized, scale, np.zeros(scale.shape, dtype=np.int8), axis)
+    return TensorPlan(value.name, "weight", "int8", "per-channel", axis, tuple(scale.tolist()), (0,) * len(scale), "absmax")
 
 
 def quantize_bias(graph: ir.Graph, node: ir.Node, input_index: int, input_scale: float, weight_scale: np.ndarray) -> TensorPlan:
@@ -121,19 +127,8 @@ def quantize_bias(graph: ir.Graph, node: ir.Node, input_index: int, input_scale:
     if scale.size == 1:
         scale = np.full(bias.shape, scale.reshape(()), dtype=np.float32)
     quantized = np.clip(np.round(bias / scale.astype(np.float64)), INT32_MIN, INT32_MAX).astype(np.int32)
-    base = value.name
-    dequantize = _dequantize(
-        graph,
-        base,
-        _initializer(graph, f"{base}_quantized", quantized),
-        _initializer(graph, f"{base}_scale", scale),
-        _initializer(graph, f"{base}_zero_point", np.zeros(scale.shape, dtype=np.int32)),
-        0,
-    )
-    graph.insert_before(node, dequantize)
-    node.replace_input_with(input_index, dequantize.outputs[0])
-    _drop_if_unused(graph, value)
-    return TensorPlan(base, "bias", "int32", "per-channel", 0, tuple(scale.tolist()), (0,) * len(scale), "s_in*s_w")
+    _feed_dequantized(graph, node, input_index, quantized, scale, np.zeros(scale.shape, dtype=np.int32), 0)
+    return TensorPlan(value.name, "bias", "int32", "per-channel", 0, tuple(scale.tolist()), (0,) * len(scale), "s_in*s_w")
 
 
 def quantize_constant(graph: ir.Graph, node: ir.Node, input_index: int) -> TensorPlan:
@@ -142,19 +137,8 @@ def quantize_constant(graph: ir.Graph, node: ir.Node, input_index: int) -> Tenso
     array = value.const_value.numpy().astype(np.float32)
     scale, zero_point = quantization_params(float(array.min(initial=0.0)), float(array.max(initial=0.0)))
     quantized = np.clip(np.round(array / np.float32(scale)) + zero_point, INT8_MIN, INT8_MAX).astype(np.int8)
-    base = value.name
-    dequantize = _dequantize(
-        graph,
-        base,
-        _initializer(graph, f"{base}_quantized", quantized),
-        _initializer(graph, f"{base}_scale", np.array(scale, dtype=np.float32)),
-        _initializer(graph, f"{base}_zero_point", np.array(zero_point, dtype=np.int8)),
-        None,
-    )
-    graph.insert_before(node, dequantize)
-    node.replace_input_with(input_index, dequantize.outputs[0])
-    _drop_if_unused(graph, value)
-    return TensorPlan(base, "constant", "int8", "per-tensor", None, (float(np.float32(scale)),), (int(zero_point),), "minmax")
+    _feed_dequantized(graph, node, input_index, quantized, np.array(scale, dtype=np.float32), np.array(zero_point, dtype=np.int8), None)
+    return TensorPlan(value.name, "constant", "int8", "per-tensor", None, (float(np.float32(scale)),), (int(zero_point),), "minmax")
 
 
 def _drop_if_unused(graph: ir.Graph, value: ir.Value) -> None:
