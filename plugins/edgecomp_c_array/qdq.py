@@ -25,6 +25,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgecomp.backend import Unsupported
+from edgecomp.ir.values import constant_array
 
 # ONNX data type -> C type of the arrays the backend emits for quantized initializers.
 INTEGER_CTYPES: dict[ir.DataType, str] = {
@@ -120,20 +121,6 @@ def node_label(node: ir.Node) -> str:
         return node.name
     first_output = node.outputs[0].name if node.outputs else "?"
     return f"<{node.op_type} -> {first_output}>"
-
-
-def constant_array(value: ir.Value | None) -> np.ndarray | None:
-    """The numpy value of an initializer or a ``Constant`` node output, else None."""
-    if value is None:
-        return None
-    if value.const_value is not None:
-        return value.const_value.numpy()
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant" and producer.domain in ("", "ai.onnx"):
-        attribute = producer.attributes.get("value")
-        if attribute is not None and isinstance(attribute.value, ir.TensorProtocol):
-            return attribute.value.numpy()
-    return None
 
 
 def _constant_dtype(value: ir.Value) -> ir.DataType | None:
