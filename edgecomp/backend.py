@@ -54,6 +54,9 @@ class LowerOptions:
         quantize: the quantization mode the pipeline applied (``"none"`` or ``"naive"``).
         verification_inputs: a few real input samples (input name -> array with batch axis) that
             the backend may run to check its artifact against the IR it was given.
+        reference_outputs: the FP32 model's outputs for each of ``verification_inputs`` (one list
+            of arrays per input, in graph output order), so a backend can measure what its
+            artifact loses against float; empty when not computed.
         model_name: stem used for artifact file names (``mnist-8`` -> ``mnist-8.onnx``).
         get_backend: looks up another registered backend by name (the ``c-array`` backend embeds
             another backend's artifact).
@@ -61,6 +64,7 @@ class LowerOptions:
 
     quantize: str = "none"
     verification_inputs: Sequence[Mapping[str, np.ndarray]] = ()
+    reference_outputs: Sequence[Sequence[np.ndarray]] = ()
     model_name: str = "model"
     get_backend: Callable[[str], "Backend"] | None = None
 

@@ -259,10 +259,18 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         model = PassManager(legalize, instruments)(model).model
     lap("legalize")
 
+    reference = make_session(reference_bytes, optimize=True)
+    reference_outputs = tuple(tuple(reference.run(None, dict(batch))) for batch in verification_inputs)
     artifact = backend.lower(
         model,
         target,
-        LowerOptions(quantize=options.quantize, verification_inputs=tuple(verification_inputs), model_name=model_path.stem, get_backend=get_backend),
+        LowerOptions(
+            quantize=options.quantize,
+            verification_inputs=tuple(verification_inputs),
+            reference_outputs=reference_outputs,
+            model_name=model_path.stem,
+            get_backend=get_backend,
+        ),
     )
     lap("lower")
     if plan is not None and artifact.model is not None:

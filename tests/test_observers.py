@@ -265,3 +265,19 @@ def test_symmetric_scale_per_channel():
     assert np.all(np.round(absmax / scale) <= 127)
     with pytest.raises(ValueError):
         symmetric_scale(np.array([-1.0]))
+
+
+def test_entropy_on_one_sided_data_searches_with_255_levels():
+    """ReLU outputs use all 255 asymmetric int8 steps on [0, T]: the KL search quantizes into 255 levels."""
+    rng = np.random.default_rng(7)
+    relu_like = np.maximum(rng.standard_normal(200_000) * np.exp(rng.standard_normal(200_000)), 0).astype(np.float32)
+    observer = EntropyObserver()
+    for chunk in np.array_split(relu_like, 10):
+        observer.update(chunk)
+    low, high = observer.range()
+    width = observer.histogram()[1][1] - observer.histogram()[1][0]
+    expected = kl_divergence_threshold(observer.magnitude_histogram(), 255) * width
+    assert low == 0.0
+    assert high == pytest.approx(expected)
+    assert high != pytest.approx(kl_divergence_threshold(observer.magnitude_histogram(), 128) * width)
+    assert high < relu_like.max()  # it still clips the long tail

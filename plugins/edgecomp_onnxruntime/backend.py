@@ -4,11 +4,12 @@ Lowering is serialisation plus verification, because the IR already is an ONNX m
 executes. Verification runs the artifact the way a user's runtime executes it (default graph
 optimisations: QDQ groups fused into integer kernels such as QLinearConv) and compares it with the
 QDQ simulation (no optimisation: every QuantizeLinear/DequantizeLinear evaluated in float, the
-exact semantics of the ONNX specs). On x86 CPUs without AVX-VNNI, ONNX Runtime's u8s8 kernels add
-pairs of products in saturating int16 and silently change results for full-range int8 weights;
-when the two runs disagree, the backend narrows the weights to 7 bits
+exact semantics of the ONNX specs), both measured as SQNR against the FP32 model. On x86 CPUs
+without AVX-VNNI, ONNX Runtime's u8s8 kernels add pairs of products in saturating int16 and
+silently change results for full-range int8 weights; when the fused run loses more than
+:data:`MAX_FUSED_SQNR_LOSS_DB` against the simulation, the backend narrows the weights to 7 bits
 (:func:`edgecomp.passes.quantize.qdq.narrow_weight_range`) and checks again, and fails the compile
-with :class:`VerificationError` if they still disagree.
+with :class:`VerificationError` if the loss remains.
 """
 
 from __future__ import annotations
@@ -27,13 +28,14 @@ from edgecomp.backend import Artifact, LowerOptions, SupportReport, Unsupported
 from edgecomp.errors import VerificationError
 from edgecomp.ir.load import to_bytes
 from edgecomp.ir.run import make_session
+from edgecomp.passes.quantize.metrics import sqnr_db
 from edgecomp.passes.quantize.qdq import narrow_weight_range
 
-# A compile fails verification when more than this fraction of output elements of the fused run
-# differ from the QDQ simulation by more than one quantization step (LSB) of the output. Legitimate
-# differences are rounding ties in requantization (at most 1 LSB per layer, rarely more at the end).
-MAX_DISAGREEMENT_FRACTION = 0.01
-NARROW_WEIGHT_QMAX = 63
+# The fused integer kernels may lose at most this much SQNR (dB, against the FP32 model) compared
+# with the QDQ simulation. Legitimate differences (requantization rounding ties, at most one step
+# per layer) cost a fraction of a dB; saturating kernels cost tens of dB.
+MAX_FUSED_SQNR_LOSS_DB = 1.0
+NARROW_WEIGHT_QMAX = 64
 
 _ORT_CONVERT_SCRIPT = r"""
 import os, sys, tempfile
@@ -102,39 +104,72 @@ def output_quantization_steps(model: ir.Model) -> list[float | None]:
 
 @dataclasses.dataclass(frozen=True)
 class KernelCheck:
-    """Fused-kernel run vs QDQ simulation on the verification inputs.
+    """Fused-kernel run vs QDQ simulation, both measured against the FP32 outputs.
 
     Attributes:
-        max_lsb: largest difference in output quantization steps (or, for float outputs, relative
-            to the output range).
+        sqnr_simulated_db: SQNR (dB) of the QDQ simulation against FP32, worst output.
+        sqnr_fused_db: SQNR (dB) of the optimised run (fused integer kernels) against FP32, on the
+            output where it loses most against the simulation.
+        max_lsb: largest fused-vs-simulated difference in output quantization steps (or, for
+            float outputs, in units of 1e-4 of the output range).
         fraction_over_1_lsb: fraction (0..1) of output elements differing by more than 1 LSB.
         samples: number of samples compared.
     """
 
+    sqnr_simulated_db: float
+    sqnr_fused_db: float
     max_lsb: float
     fraction_over_1_lsb: float
     samples: int
 
     @property
+    def sqnr_loss_db(self) -> float:
+        """SQNR the fused kernels lose against the simulation (dB, >= 0 when they are worse)."""
+        if self.sqnr_simulated_db == self.sqnr_fused_db:
+            return 0.0
+        return self.sqnr_simulated_db - self.sqnr_fused_db
+
+    @property
     def agrees(self) -> bool:
-        return self.fraction_over_1_lsb <= MAX_DISAGREEMENT_FRACTION
+        return self.sqnr_loss_db <= MAX_FUSED_SQNR_LOSS_DB
 
 
-def check_fused_kernels(model: ir.Model, onnx_bytes: bytes, inputs: Sequence[Mapping[str, np.ndarray]]) -> KernelCheck:
-    """Compare ONNX Runtime's optimised run (fused integer kernels) with the QDQ simulation."""
-    simulated = make_session(onnx_bytes, optimize=False)
-    fused = make_session(onnx_bytes, optimize=True)
+def check_fused_kernels(
+    model: ir.Model,
+    onnx_bytes: bytes,
+    inputs: Sequence[Mapping[str, np.ndarray]],
+    reference_outputs: Sequence[Sequence[np.ndarray]],
+) -> KernelCheck:
+    """Run ONNX Runtime optimised (fused integer kernels) and unoptimised (QDQ simulation) on
+    ``inputs`` and measure both against the FP32 ``reference_outputs`` (SQNR, see
+    :func:`edgecomp.passes.quantize.metrics.sqnr_db`) and against each other (LSB statistics)."""
+    simulated_session = make_session(onnx_bytes, optimize=False)
+    fused_session = make_session(onnx_bytes, optimize=True)
     steps = output_quantization_steps(model)
-    worst, over, total, samples = 0.0, 0, 0, 0
-    for feeds in inputs:
+    outputs = len(steps)
+    reference: list[list[np.ndarray]] = [[] for _ in range(outputs)]
+    simulated: list[list[np.ndarray]] = [[] for _ in range(outputs)]
+    fused: list[list[np.ndarray]] = [[] for _ in range(outputs)]
+    samples = 0
+    for feeds, expected in zip(inputs, reference_outputs):
         samples += len(next(iter(feeds.values())))
-        for step, reference, actual in zip(steps, simulated.run(None, dict(feeds)), fused.run(None, dict(feeds))):
-            unit = step if step else max(float(np.ptp(reference)), 1e-12) * 1e-4
-            lsb = np.abs(reference.astype(np.float64) - actual.astype(np.float64)) / unit
-            worst = max(worst, float(lsb.max(initial=0.0)))
-            over += int(np.count_nonzero(lsb > 1.0 + 1e-3))
-            total += lsb.size
-    return KernelCheck(worst, over / total if total else 0.0, samples)
+        for store, arrays in ((reference, expected), (simulated, simulated_session.run(None, dict(feeds))), (fused, fused_session.run(None, dict(feeds)))):
+            for index in range(outputs):
+                store[index].append(np.asarray(arrays[index], dtype=np.float64))
+    worst_loss, sqnr_simulated, sqnr_fused = -np.inf, np.inf, np.inf
+    worst_lsb, over, total = 0.0, 0, 0
+    for index, step in enumerate(steps):
+        ref, sim, fus = (np.concatenate(parts) for parts in (reference[index], simulated[index], fused[index]))
+        simulated_db, fused_db = sqnr_db(ref, sim), sqnr_db(ref, fus)
+        loss = 0.0 if simulated_db == fused_db else simulated_db - fused_db
+        if loss > worst_loss:
+            worst_loss, sqnr_simulated, sqnr_fused = loss, simulated_db, fused_db
+        unit = step if step else max(float(np.ptp(sim)), 1e-12) * 1e-4
+        lsb = np.abs(sim - fus) / unit
+        worst_lsb = max(worst_lsb, float(lsb.max(initial=0.0)))
+        over += int(np.count_nonzero(lsb > 1.0 + 1e-3))
+        total += lsb.size
+    return KernelCheck(sqnr_simulated, sqnr_fused, worst_lsb, over / total if total else 0.0, samples)
 
 
 class OnnxRuntimeBackend:
@@ -174,21 +209,25 @@ class OnnxRuntimeBackend:
         """
         metadata: dict = {"weight_range": "int8 [-127, 127]"}
         onnx_bytes = to_bytes(model)
-        if options.quantize != "none" and options.verification_inputs:
-            check = check_fused_kernels(model, onnx_bytes, options.verification_inputs)
+        if options.quantize != "none" and options.reference_outputs:
+            inputs, reference = options.verification_inputs, options.reference_outputs
+            check = check_fused_kernels(model, onnx_bytes, inputs, reference)
             metadata["fused_kernel_check"] = dataclasses.asdict(check)
             if not check.agrees:
                 narrowed = narrow_weight_range(model, NARROW_WEIGHT_QMAX)
                 onnx_bytes = to_bytes(model)
-                retry = check_fused_kernels(model, onnx_bytes, options.verification_inputs)
+                retry = check_fused_kernels(model, onnx_bytes, inputs, reference)
                 metadata["weight_range"] = f"7-bit [-{NARROW_WEIGHT_QMAX}, {NARROW_WEIGHT_QMAX}] on {narrowed} weight tensors"
                 metadata["fused_kernel_check_full_range"] = metadata.pop("fused_kernel_check")
                 metadata["fused_kernel_check"] = dataclasses.asdict(retry)
                 if not retry.agrees:
                     raise VerificationError(
-                        f"ONNX Runtime's fused int8 kernels disagree with the QDQ simulation on {retry.fraction_over_1_lsb:.1%} "
-                        f"of output elements (max {retry.max_lsb:.0f} LSB) even with 7-bit weights; refusing to ship a wrong model"
+                        f"ONNX Runtime's fused int8 kernels lose {retry.sqnr_loss_db:.1f} dB SQNR against the QDQ simulation "
+                        f"({retry.sqnr_fused_db:.1f} vs {retry.sqnr_simulated_db:.1f} dB vs FP32) even with 7-bit weights; "
+                        "refusing to ship a wrong model"
                     )
+        else:
+            metadata["fused_kernel_check"] = "not run: float model or no reference outputs"
         ort_bytes, reproducible = convert_to_ort_format(onnx_bytes)
         metadata["ort_format_reproducible"] = reproducible
         if options.verification_inputs:

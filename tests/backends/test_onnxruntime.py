@@ -32,9 +32,15 @@ def verification_inputs(count: int = 32):
     return tuple({"Input3": digits[i : i + 1]} for i in range(count))
 
 
+def float_outputs(inputs):
+    reference = make_session(to_bytes(load_model(MNIST_MODEL)))
+    return tuple(tuple(reference.run(None, feed)) for feed in inputs)
+
+
 def lower(model):
     backend = ort_backend.OnnxRuntimeBackend()
-    options = LowerOptions(quantize="naive", verification_inputs=verification_inputs(), model_name="mnist")
+    inputs = verification_inputs()
+    options = LowerOptions(quantize="naive", verification_inputs=inputs, reference_outputs=float_outputs(inputs), model_name="mnist")
     return backend.lower(model, get_target("host-x86_64"), options)
 
 
@@ -50,11 +56,14 @@ def test_shipped_model_runs_fused_as_simulated():
     """Whatever this CPU is, the shipped .onnx run with default optimisations matches the QDQ simulation."""
     artifact = lower(quantized_mnist())
     onnx_bytes = artifact.files["mnist.onnx"]
-    check = ort_backend.check_fused_kernels(artifact.model, onnx_bytes, verification_inputs())
-    assert check.fraction_over_1_lsb <= ort_backend.MAX_DISAGREEMENT_FRACTION
-    assert artifact.metadata["fused_kernel_check"]["fraction_over_1_lsb"] == check.fraction_over_1_lsb
+    inputs = verification_inputs()
+    check = ort_backend.check_fused_kernels(artifact.model, onnx_bytes, inputs, float_outputs(inputs))
+    assert check.sqnr_loss_db <= ort_backend.MAX_FUSED_SQNR_LOSS_DB
+    assert check.sqnr_simulated_db > 30  # mnist logits, 32 real digits
+    assert artifact.metadata["fused_kernel_check"]["sqnr_fused_db"] == check.sqnr_fused_db
     if "fused_kernel_check_full_range" in artifact.metadata:  # this CPU saturates (x86 without VNNI)
-        assert artifact.metadata["fused_kernel_check_full_range"]["fraction_over_1_lsb"] > ort_backend.MAX_DISAGREEMENT_FRACTION
+        full = artifact.metadata["fused_kernel_check_full_range"]
+        assert full["sqnr_simulated_db"] - full["sqnr_fused_db"] > ort_backend.MAX_FUSED_SQNR_LOSS_DB
         assert max(weight_ranges(artifact.model)) == ort_backend.NARROW_WEIGHT_QMAX
     else:
         assert max(weight_ranges(artifact.model)) == 127
@@ -65,18 +74,18 @@ def test_disagreement_narrows_weights_to_7_bits(monkeypatch):
     real_check = ort_backend.check_fused_kernels
     calls = []
 
-    def first_disagrees(model, onnx_bytes, inputs):
+    def first_disagrees(model, onnx_bytes, inputs, reference):
         calls.append(max(weight_ranges(model)))
-        result = real_check(model, onnx_bytes, inputs)
-        return dataclasses.replace(result, fraction_over_1_lsb=0.5) if len(calls) == 1 else result
+        result = real_check(model, onnx_bytes, inputs, reference)
+        return dataclasses.replace(result, sqnr_fused_db=result.sqnr_simulated_db - 20) if len(calls) == 1 else result
 
     monkeypatch.setattr(ort_backend, "check_fused_kernels", first_disagrees)
     model = quantized_mnist()
     simulated_before = make_session(to_bytes(model)).run(None, verification_inputs(1)[0])[0]
     artifact = lower(model)
-    assert calls == [127, 63]
-    assert weight_ranges(artifact.model) == [63, 63, 63]
-    assert artifact.metadata["weight_range"] == "7-bit [-63, 63] on 3 weight tensors"
+    assert calls == [127, 64]
+    assert weight_ranges(artifact.model) == [64, 64, 64]
+    assert artifact.metadata["weight_range"] == "7-bit [-64, 64] on 3 weight tensors"
     # 7-bit weights still compute nearly the same logits as the 8-bit QDQ model
     simulated_after = make_session(artifact.files["mnist.onnx"]).run(None, verification_inputs(1)[0])[0]
     assert np.argmax(simulated_after) == np.argmax(simulated_before)
@@ -84,11 +93,11 @@ def test_disagreement_narrows_weights_to_7_bits(monkeypatch):
 
 
 def test_persistent_disagreement_fails_the_compile(monkeypatch):
-    def always_disagrees(model, onnx_bytes, inputs):
-        return ort_backend.KernelCheck(max_lsb=40.0, fraction_over_1_lsb=0.3, samples=32)
+    def always_disagrees(model, onnx_bytes, inputs, reference):
+        return ort_backend.KernelCheck(sqnr_simulated_db=38.0, sqnr_fused_db=16.5, max_lsb=40.0, fraction_over_1_lsb=0.3, samples=32)
 
     monkeypatch.setattr(ort_backend, "check_fused_kernels", always_disagrees)
-    with pytest.raises(VerificationError, match="disagree with the QDQ simulation on 30.0% of output elements"):
+    with pytest.raises(VerificationError, match=r"lose 21.5 dB SQNR against the QDQ simulation \(16.5 vs 38.0 dB vs FP32\) even with 7-bit weights"):
         lower(quantized_mnist())
 
 

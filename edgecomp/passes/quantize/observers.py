@@ -354,8 +354,10 @@ class EntropyObserver(HistogramObserver):
     The search (:func:`kl_divergence_threshold`) is symmetric by construction, so it runs on the
     histogram of ``|x|``: the signed histogram is folded at zero (exact, zero is a bin edge), giving a
     threshold ``T``; the range is ``(max(min, -T), min(max, T))``. For non-negative data (after
-    ReLU) this is ``(0, T)``, as in TensorRT; for signed data both sides are clipped at the same
-    magnitude, and a side that never reaches ``T`` keeps its observed extreme.
+    ReLU) this is ``(0, T)``, as in TensorRT, with the search quantizing into ``2 *
+    num_quantized_bins - 1`` levels because asymmetric int8 puts all 255 steps on the one side; for
+    signed data both sides are clipped at the same magnitude, and a side that never reaches ``T``
+    keeps its observed extreme.
 
     Args:
         num_quantized_bins: quantization levels of the magnitude (default 128, int8).
@@ -384,7 +386,13 @@ class EntropyObserver(HistogramObserver):
         return folded
 
     def _choose_from_histogram(self) -> tuple[float, float]:
-        threshold = kl_divergence_threshold(self.magnitude_histogram(), self.num_quantized_bins) * self._width
+        magnitudes = self.magnitude_histogram()
+        levels = self.num_quantized_bins
+        if self.observed_min >= 0 or self.observed_max <= 0:
+            # One-sided data (ReLU outputs): asymmetric int8 spends all 2 * levels - 1 steps on
+            # that side, so the KL search quantizes the magnitude into that many levels.
+            levels = min(2 * levels - 1, magnitudes.size - 1)
+        threshold = kl_divergence_threshold(magnitudes, levels) * self._width
         return (-threshold, threshold)
 
 

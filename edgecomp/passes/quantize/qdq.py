@@ -41,8 +41,16 @@ def _dequantize(graph: ir.Graph, base: str, quantized: ir.Value, scale: ir.Value
     )
 
 
+FLOAT_VALUE_KEY = "edgecomp.float_value"
+
+
 def _feed_dequantized(graph: ir.Graph, node: ir.Node, input_index: int, quantized: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int | None) -> None:
-    """Store ``quantized`` with its parameters as initializers and feed ``node`` their DequantizeLinear."""
+    """Store ``quantized`` with its parameters as initializers and feed ``node`` their DequantizeLinear.
+
+    The float constant it replaces stays in the DequantizeLinear node's in-memory ``meta`` under
+    :data:`FLOAT_VALUE_KEY` (not serialised), so a later requantization starts from the float
+    values instead of rounding twice.
+    """
     value = node.inputs[input_index]
     base = value.name
     dequantize = _dequantize(
@@ -53,6 +61,7 @@ def _feed_dequantized(graph: ir.Graph, node: ir.Node, input_index: int, quantize
         _initializer(graph, f"{base}_zero_point", zero_point),
         axis,
     )
+    dequantize.meta[FLOAT_VALUE_KEY] = value.const_value.numpy()
     graph.insert_before(node, dequantize)
     node.replace_input_with(input_index, dequantize.outputs[0])
     _drop_if_unused(graph, value)
@@ -157,17 +166,19 @@ def _constant_dequantize(value: ir.Value | None) -> ir.Node | None:
     return producer
 
 
-def narrow_weight_range(model: ir.Model, qmax: int = 63) -> int:
-    """Requantize every int8 weight of a QDQ model to ``[-qmax, qmax]`` (e.g. 7 bits), biases to match.
+def narrow_weight_range(model: ir.Model, qmax: int = 64) -> int:
+    """Requantize every int8 weight of a QDQ model to ``[-qmax, qmax]`` (7 bits), biases to match.
 
     Used when a runtime's integer kernels cannot take full-range int8 weights: ONNX Runtime's x86
     u8s8 kernels without AVX-VNNI add pairs of u8*s8 products in saturating int16
-    (``vpmaddubsw``), which overflows for |w| near 127; 7-bit weights keep 2 * 255 * 64 < 32767
-    (ONNX Runtime's ``reduce_range`` option exists for the same reason).
+    (``vpmaddubsw``), which overflows for |w| near 127; weights in [-64, 64] keep
+    2 * 255 * 64 = 32640 <= 32767 (ONNX Runtime's ``reduce_range`` uses the same [-64, 64]).
 
-    Weights are requantized from their dequantized values: ``w = q * s``, ``s' = max|w| / qmax`` per
-    channel, ``q' = round(w / s')``; the bias of the same node keeps ``scale = s_in * s'`` with
-    ``s_in = s_bias / s`` and ``q_b' = round(q_b * s_bias / s_bias')``. Modifies ``model`` in place.
+    Weights are requantized from their float values when the quantizer kept them (see
+    :func:`_feed_dequantized`), else from the dequantized ones ``w = q * s`` (a QDQ model from
+    elsewhere): ``s' = max|w| / qmax`` per channel, ``q' = round(w / s')``. The bias of the same
+    node gets ``scale = s_in * s'`` with ``s_in = s_bias / s`` and ``q_b' = round(b / s_bias')``,
+    ``b`` again the float bias when kept. Modifies ``model`` in place.
 
     Returns:
         The number of weight tensors requantized.
@@ -185,7 +196,10 @@ def narrow_weight_range(model: ir.Model, qmax: int = 63) -> int:
         shape = [1] * quantized.ndim
         if axis is not None:
             shape[axis] = -1
-        weights = quantized * old_scale.astype(np.float64).reshape(shape if axis is not None else ())
+        weights = weight_dq.meta.get(FLOAT_VALUE_KEY)
+        if weights is None:
+            weights = quantized * old_scale.astype(np.float64).reshape(shape if axis is not None else ())
+        weights = np.asarray(weights, dtype=np.float64)
         reduce_axes = tuple(i for i in range(quantized.ndim) if i != axis)
         new_scale = symmetric_scale(np.max(np.abs(weights), axis=reduce_axes), qmax=qmax).astype(np.float32)
         new_quantized = np.clip(np.round(weights / new_scale.astype(np.float64).reshape(shape if axis is not None else ())), -qmax, qmax).astype(np.int8)
@@ -193,10 +207,12 @@ def narrow_weight_range(model: ir.Model, qmax: int = 63) -> int:
         _replace_constant(weight_dq.inputs[1], new_scale)
         bias_dq = _constant_dequantize(node.inputs[2]) if len(node.inputs) > 2 else None
         if bias_dq is not None and bias_dq.inputs[0].dtype == ir.DataType.INT32:
-            bias_quantized = bias_dq.inputs[0].const_value.numpy().astype(np.float64)
             bias_scale = bias_dq.inputs[1].const_value.numpy().astype(np.float32)
+            bias = bias_dq.meta.get(FLOAT_VALUE_KEY)
+            if bias is None:
+                bias = bias_dq.inputs[0].const_value.numpy() * bias_scale.astype(np.float64)
             new_bias_scale = (bias_scale / old_scale.reshape(-1) * new_scale.reshape(-1)).astype(np.float32)
-            new_bias = np.clip(np.round(bias_quantized * bias_scale / new_bias_scale), INT32_MIN, INT32_MAX).astype(np.int32)
+            new_bias = np.clip(np.round(np.asarray(bias, np.float64).reshape(-1) / new_bias_scale), INT32_MIN, INT32_MAX).astype(np.int32)
             _replace_constant(bias_dq.inputs[0], new_bias)
             _replace_constant(bias_dq.inputs[1], new_bias_scale.reshape(bias_scale.shape))
         count += 1
