@@ -145,9 +145,8 @@ def _refresh_plan(plan: QuantizationPlan, model) -> QuantizationPlan:
     return dataclasses.replace(plan, tensors=tuple(tensors))
 
 
-def _evaluate(reference_bytes: bytes, runner, dataset, batch_size: int) -> dict[str, Any]:
-    """FP32 reference vs compiled artifact on the evaluation data, per output."""
-    reference = make_session(reference_bytes, optimize=True)
+def _evaluate(reference, runner, dataset, batch_size: int) -> dict[str, Any]:
+    """FP32 reference session vs compiled artifact runner on the evaluation data, per output."""
     names = [o.name for o in reference.get_outputs()]
     expected: list[list[np.ndarray]] = [[] for _ in names]
     actual: list[list[np.ndarray]] = [[] for _ in names]
@@ -228,6 +227,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
 
     specs = input_specs(model)
     preprocessing = ImagePreprocessing.from_file(options.preprocessing) if options.preprocessing else None
+    eval_data = open_dataset(options.eval, specs, preprocessing=preprocessing) if options.eval else None  # fail fast
     plan = None
     verification_inputs: list = []
     calibration = None
@@ -281,11 +281,10 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         )
 
     evaluation = None
-    if options.eval:
+    if eval_data is not None:
         if artifact.runner is None:
             raise UnsupportedError(f"backend {backend.name!r} cannot run its artifact on this host, so --eval is not available")
-        eval_data = open_dataset(options.eval, specs, preprocessing=preprocessing)
-        evaluation = _evaluate(reference_bytes, artifact.runner, eval_data, options.batch_size)
+        evaluation = _evaluate(reference, artifact.runner, eval_data, options.batch_size)
     lap("evaluate")
 
     files = dict(artifact.files)

@@ -170,12 +170,9 @@ def quantize_naive(
         elif kind == "fixed":
             scale, zero_point = detail
             params[value] = (scale, zero_point, "fixed", None)
-        else:
-            shared = detail
-            while shared not in params:  # the input's own parameters are decided earlier in graph order
-                shared = source[shared][1]
-            scale, zero_point, _, _ = params[shared]
-            params[value] = (scale, zero_point, f"shared:{shared.name}", None)
+        else:  # the input's parameters were decided earlier: ``source`` is in graph order
+            scale, zero_point, _, _ = params[detail]
+            params[value] = (scale, zero_point, f"shared:{detail.name}", None)
 
     tensors: list[TensorPlan] = []
     # Fuse Relu: the producer writes the Relu's output tensor directly.

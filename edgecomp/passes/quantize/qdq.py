@@ -53,6 +53,8 @@ def _feed_dequantized(graph: ir.Graph, node: ir.Node, input_index: int, quantize
     """
     value = node.inputs[input_index]
     base = value.name
+    if f"{base}_quantized" in graph.initializers:  # a constant shared by several nodes: one copy each
+        base = f"{base}_{node.name}"
     dequantize = _dequantize(
         graph,
         base,
