@@ -19,7 +19,8 @@ from rich.table import Table
 from edgecomp import __version__
 from edgecomp.errors import EdgecompError
 
-stdout = Console()
+# Piped output (a build log) gets wide tables instead of rich's 80-column default.
+stdout = Console(width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True)
 
 
@@ -55,6 +56,23 @@ def _bytes(count: int | None) -> str:
     return "-" if count is None else f"{count:,} B"
 
 
+def _format(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _scalar_rows(metadata: dict[str, Any], prefix: str) -> list[tuple[str, str]]:
+    """Rows for the human report: scalars as they are, flat dicts on one line, nested dicts recursed."""
+    rows = []
+    for key, value in sorted(metadata.items()):
+        if isinstance(value, (str, int, float, bool)):
+            rows.append((f"{prefix}: {key}", _format(value)))
+        elif isinstance(value, dict) and all(isinstance(v, (str, int, float, bool)) for v in value.values()):
+            rows.append((f"{prefix}: {key}", ", ".join(f"{k}={_format(v)}" for k, v in value.items())))
+        elif isinstance(value, dict):
+            rows.extend(_scalar_rows(value, f"{prefix}: {key}"))
+    return rows
+
+
 def _print_report(report: dict[str, Any]) -> None:
     summary = Table(title=f"edgecomp: {report['model']['path']} -> {report['target']} ({report['backend']}, quantize={report['quantize']})")
     summary.add_column("item")
@@ -64,11 +82,8 @@ def _print_report(report: dict[str, Any]) -> None:
     summary.add_row("flash needed / budget", f"{_bytes(sizes['flash_bytes'])} / {_bytes(sizes['flash_budget_bytes'])}")
     if report["calibration"]:
         summary.add_row("calibration", f"{report['calibration']['samples']} samples, {report['calibration']['method']}")
-    for key, value in sorted(report["backend_metadata"].items()):
-        if isinstance(value, (str, int, float, bool)):
-            summary.add_row(f"backend: {key}", str(value))
-        elif isinstance(value, dict) and all(isinstance(v, (int, float, str, bool)) for v in value.values()):
-            summary.add_row(f"backend: {key}", ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in value.items()))
+    for key, value in _scalar_rows(report["backend_metadata"], "backend"):
+        summary.add_row(key, value)
     summary.add_row("time", ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in report["timings_s"].items()))
     stdout.print(summary)
     artifacts = Table(title="artifacts")
@@ -95,15 +110,15 @@ def _print_report(report: dict[str, Any]) -> None:
 
 
 @cli.command("compile")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model")
 @click.option("-t", "--target", required=True, help="Target name (see `edgecomp targets`) or path to a target .toml.")
 @click.option("-b", "--backend", default=None, help="Backend name (see `edgecomp plugins`); default: the target's default_backend.")
 @click.option("-q", "--quantize", type=click.Choice(["none", "naive"]), default="naive", show_default=True, help="none: float32; naive: every quantizable operator INT8.")
 @click.option("--calibration", type=click.Path(), default=None, help="Calibration data: .npz, folder of .npy, image folder, or test_data_set_* folders.")
-@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True)
+@click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True, help="How activation ranges are chosen from the calibration data.")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=None, help="Use at most N calibration samples.")
 @click.option("--preprocessing", type=click.Path(dir_okay=False), default=None, help="Image preprocessing TOML for image folders.")
-@click.option("--eval", "eval_path", type=click.Path(), default=None, help="Evaluation data (npz with x and optional labels y): FP32 vs compiled comparison.")
+@click.option("--eval", "eval_path", type=click.Path(), default=None, help="Evaluation data, any calibration format (npz: x or input names, optional labels y): FP32 vs compiled comparison.")
 @click.option("-o", "--output", type=click.Path(), default=None, help="Output folder (default: <model>-<target>).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size for models with a dynamic batch axis.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), default=None, help="Write the model after every pass to this folder.")
@@ -136,7 +151,7 @@ def compile_command(model, target, backend, quantize, calibration, calibration_m
 
 
 @cli.command("inspect")
-@click.argument("model", type=click.Path(dir_okay=False))
+@click.argument("model")
 @click.option("-t", "--target", default="host-x86_64", show_default=True, help="Target for the backend support check.")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def inspect_command(model, target, as_json) -> None:

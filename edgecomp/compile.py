@@ -87,10 +87,29 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _check_output(path: pathlib.Path) -> None:
+OUTPUT_MARKER = ".edgecomp-output"
+OUTPUT_MARKER_TEXT = b"This folder was written by edgecomp and is replaced as a whole by the next compile into it.\n"
+
+
+def _check_output(path: pathlib.Path, inputs: list[str]) -> None:
+    """Refuse an output location that would lose data.
+
+    An existing folder is only replaced when edgecomp wrote it (it holds :data:`OUTPUT_MARKER`), and
+    never when it contains one of the compile's inputs (model, data, target file).
+
+    Raises:
+        OutputError: the path is a file, a foreign non-empty folder, holds an input, or its parent
+            is missing or not writable.
+    """
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: output path is an existing file, not a folder")
-    parent = path.resolve().parent
+    resolved = path.resolve()
+    for item in inputs:
+        if resolved == pathlib.Path(item).resolve() or resolved in pathlib.Path(item).resolve().parents:
+            raise OutputError(f"{path}: output folder contains the input {item}; choose another output folder")
+    if path.is_dir() and any(path.iterdir()) and not (path / OUTPUT_MARKER).is_file():
+        raise OutputError(f"{path}: folder exists and was not written by edgecomp (no {OUTPUT_MARKER}); choose a new or empty folder")
+    parent = resolved.parent
     if not parent.is_dir():
         raise OutputError(f"{path}: parent folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
@@ -130,19 +149,33 @@ def write_atomically(folder: pathlib.Path, files: dict[str, bytes]) -> None:
         raise OutputError(f"{folder}: cannot write output: {exc.strerror or exc}") from None
 
 
-def _refresh_plan(plan: QuantizationPlan, model) -> QuantizationPlan:
-    """Re-read weight and bias parameters from the model a backend shipped (it may have narrowed them)."""
+def _refresh_plan(plan: QuantizationPlan, model, backend_name: str) -> QuantizationPlan:
+    """Re-read weight and bias scales from the model a backend shipped; it may have requantized them
+    (the onnxruntime backend narrows weights for saturating kernels). Changed entries and the plan's
+    notes say so, so the plan always describes the shipped artifact."""
     stored = {}
     for node in model.graph:
         if node.op_type == "DequantizeLinear" and node.inputs[0].const_value is not None and node.inputs[0].name.endswith("_quantized"):
             name = node.inputs[0].name[: -len("_quantized")]
-            stored[name] = np.atleast_1d(node.inputs[1].const_value.numpy())
-    tensors = []
+            stored[name] = tuple(float(s) for s in np.atleast_1d(node.inputs[1].const_value.numpy()))
+    tensors, changed = [], 0
     for entry in plan.tensors:
-        if entry.role in ("weight", "bias") and entry.name in stored:
-            entry = dataclasses.replace(entry, scale=tuple(float(s) for s in stored[entry.name]))
+        if entry.role in ("weight", "bias") and stored.get(entry.name, entry.scale) != entry.scale:
+            entry = dataclasses.replace(entry, scale=stored[entry.name], method=f"{entry.method}, requantized by backend {backend_name}")
+            changed += 1
         tensors.append(entry)
-    return dataclasses.replace(plan, tensors=tuple(tensors))
+    if not changed:
+        return plan
+    note = f"backend {backend_name} requantized {changed} weight/bias tensors (see its weight_range in the compile report)"
+    return dataclasses.replace(plan, tensors=tuple(tensors), notes=(*plan.notes, note))
+
+
+def _open_data(option: str, path: str, specs, preprocessing, limit: int | None = None):
+    """open_dataset, with the command-line option the data came from in any error message."""
+    try:
+        return open_dataset(path, specs, preprocessing=preprocessing, limit=limit)
+    except CalibrationDataError as exc:
+        raise CalibrationDataError(f"{option} {exc}") from None
 
 
 def _evaluate(reference, runner, dataset, batch_size: int) -> dict[str, Any]:
@@ -202,7 +235,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     target = get_target(options.target)
     backend = get_backend(options.backend or target.default_backend)
     output_dir = pathlib.Path(options.output) if options.output else pathlib.Path(f"{model_path.stem}-{target.name}")
-    _check_output(output_dir)
+    _check_output(output_dir, [p for p in (options.model, options.calibration, options.eval, options.preprocessing, options.target) if p and os.path.exists(p)])
     if options.quantize != "none" and not options.calibration:
         raise CalibrationDataError(f"--quantize {options.quantize} needs calibration data (--calibration PATH)")
 
@@ -227,12 +260,12 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
 
     specs = input_specs(model)
     preprocessing = ImagePreprocessing.from_file(options.preprocessing) if options.preprocessing else None
-    eval_data = open_dataset(options.eval, specs, preprocessing=preprocessing) if options.eval else None  # fail fast
+    eval_data = _open_data("--eval", options.eval, specs, preprocessing) if options.eval else None  # fail fast
     plan = None
     verification_inputs: list = []
     calibration = None
     if options.calibration:
-        calibration = open_dataset(options.calibration, specs, preprocessing=preprocessing, limit=options.calibration_limit)
+        calibration = _open_data("--calibration", options.calibration, specs, preprocessing, options.calibration_limit)
         taken = 0
         for batch in calibration.batches(options.batch_size):
             verification_inputs.append(batch)
@@ -240,7 +273,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             if taken >= VERIFICATION_SAMPLES:
                 break
     if options.quantize == "naive":
-        from edgecomp.passes.quantize.naive import quantize_naive
+        from edgecomp.passes.quantize.naive import NaiveQuantizationPass
 
         total = calibration.num_samples
         done = 0
@@ -251,7 +284,9 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             if progress is not None:
                 progress("calibrate", done, total)
 
-        plan = quantize_naive(model, calibration.batches(options.batch_size), options.calibration_method, tick)
+        quantizer = NaiveQuantizationPass(calibration.batches(options.batch_size), options.calibration_method, tick)
+        model = PassManager([quantizer], instruments)(model).model
+        plan = quantizer.plan
     lap("quantize")
 
     legalize = backend.legalize(target)
@@ -274,7 +309,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     )
     lap("lower")
     if plan is not None and artifact.model is not None:
-        plan = _refresh_plan(plan, artifact.model)
+        plan = _refresh_plan(plan, artifact.model, backend.name)
     if target.flash_bytes is not None and artifact.flash_bytes > target.flash_bytes:
         raise BudgetError(
             f"artifact of backend {backend.name!r} needs {artifact.flash_bytes} bytes of flash; target {target.name!r} has {target.flash_bytes}"
@@ -288,6 +323,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     lap("evaluate")
 
     files = dict(artifact.files)
+    files[OUTPUT_MARKER] = OUTPUT_MARKER_TEXT
     if plan is not None:
         files[PLAN_FILE] = plan.to_json().encode()
     write_atomically(output_dir, files)
@@ -301,7 +337,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         "quantize": options.quantize,
         "calibration": None if calibration is None else {"path": options.calibration, "method": options.calibration_method, "samples": plan.calibration_samples if plan else calibration.num_samples},
         "output_dir": str(output_dir),
-        "artifacts": [{"path": str(output_dir / name), "bytes": len(data), "sha256": _sha256(data)} for name, data in sorted(files.items())],
+        "artifacts": [{"path": str(output_dir / name), "bytes": len(data), "sha256": _sha256(data)} for name, data in sorted(files.items()) if name != OUTPUT_MARKER],
         "sizes": {"input_model_bytes": input_bytes, "float_model_bytes": len(reference_bytes), "flash_bytes": artifact.flash_bytes, "flash_budget_bytes": target.flash_bytes},
         "timings_s": timings,
         "passes": [{"pass": name, "seconds": round(seconds, 4), "modified": modified} for name, seconds, modified in instruments[0].records],

@@ -76,28 +76,36 @@ class Target:
     path: str = ""
 
 
-def _take(table: dict[str, Any], key: str, kind: type | tuple[type, ...], where: str, required: bool = True) -> Any:
-    if key not in table:
-        if required:
-            raise TargetError(f"{where}: missing key {key!r}")
-        return None
-    value = table[key]
-    if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-        expected = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
-        raise TargetError(f"{where}: key {key!r} must be {expected}, got {value!r}")
-    return value
+class _Table:
+    """One TOML table being read, with the file and key path for error messages."""
 
+    def __init__(self, path: pathlib.Path, data: dict[str, Any], prefix: str, known: set[str]) -> None:
+        self.path, self.data, self.prefix = path, data, prefix
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TargetError(f"{path}: unknown key '{prefix}{unknown[0]}' (known keys: {', '.join(prefix + k for k in sorted(known))})")
 
-def _check_unknown(table: dict[str, Any], known: set[str], where: str) -> None:
-    unknown = sorted(set(table) - known)
-    if unknown:
-        raise TargetError(f"{where}: unknown key {unknown[0]!r} (known keys: {', '.join(sorted(known))})")
+    def error(self, key: str, problem: str) -> TargetError:
+        return TargetError(f"{self.path}: key '{self.prefix}{key}' {problem}")
 
+    def get(self, key: str, kind: type, required: bool = False) -> Any:
+        if key not in self.data:
+            if required:
+                raise TargetError(f"{self.path}: missing key '{self.prefix}{key}'")
+            return None
+        value = self.data[key]
+        if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+            raise self.error(key, f"must be {'a table' if kind is dict else kind.__name__}, got {value!r}")
+        return value
 
-def _positive(value: int | None, where: str, key: str) -> int | None:
-    if value is not None and value <= 0:
-        raise TargetError(f"{where}: key {key!r} must be a positive number of bytes, got {value}")
-    return value
+    def table(self, key: str, known: set[str]) -> "_Table":
+        return _Table(self.path, self.get(key, dict) or {}, f"{self.prefix}{key}.", known)
+
+    def positive(self, key: str) -> int | None:
+        value = self.get(key, int)
+        if value is not None and value <= 0:
+            raise self.error(key, f"must be a positive number of bytes, got {value}")
+        return value
 
 
 def load_target_file(path: str | pathlib.Path) -> Target:
@@ -114,36 +122,32 @@ def load_target_file(path: str | pathlib.Path) -> Target:
         raise TargetError(f"{path}: target file not found") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise TargetError(f"{path}: not valid TOML: {exc}") from None
-    where = str(path)
-    _check_unknown(data, {"name", "description", "kind", "arch", "default_backend", "memory", "toolchain", "c_array"}, where)
-    kind = _take(data, "kind", str, where)
+    top = _Table(path, data, "", {"name", "description", "kind", "arch", "default_backend", "memory", "toolchain", "c_array"})
+    kind = top.get("kind", str, required=True)
     if kind not in KINDS:
-        raise TargetError(f"{where}: key 'kind' must be one of {', '.join(KINDS)}, got {kind!r}")
-    memory = _take(data, "memory", dict, where, required=False) or {}
-    _check_unknown(memory, {"flash_bytes", "ram_bytes"}, f"{where}: [memory]")
-    toolchain = _take(data, "toolchain", dict, where, required=False) or {}
-    _check_unknown(toolchain, {"cc", "cflags"}, f"{where}: [toolchain]")
-    c_array = _take(data, "c_array", dict, where, required=False) or {}
-    _check_unknown(c_array, {"section", "alignment", "embed_backend"}, f"{where}: [c_array]")
-    cflags = _take(toolchain, "cflags", list, f"{where}: toolchain", required=False) or []
+        raise top.error("kind", f"must be one of {', '.join(KINDS)}, got {kind!r}")
+    memory = top.table("memory", {"flash_bytes", "ram_bytes"})
+    toolchain = top.table("toolchain", {"cc", "cflags"})
+    c_array = top.table("c_array", {"section", "alignment", "embed_backend"})
+    cflags = toolchain.get("cflags", list) or []
     if not all(isinstance(flag, str) for flag in cflags):
-        raise TargetError(f"{where}: key 'toolchain.cflags' must be a list of strings")
-    alignment = _take(c_array, "alignment", int, f"{where}: c_array", required=False) or 16
+        raise toolchain.error("cflags", "must be a list of strings")
+    alignment = c_array.get("alignment", int) or 16
     if alignment < 4 or alignment & (alignment - 1):
-        raise TargetError(f"{where}: key 'c_array.alignment' must be a power of two >= 4, got {alignment}")
+        raise c_array.error("alignment", f"must be a power of two >= 4, got {alignment}")
     return Target(
-        name=_take(data, "name", str, where),
-        description=_take(data, "description", str, where),
+        name=top.get("name", str, required=True),
+        description=top.get("description", str, required=True),
         kind=kind,
-        arch=_take(data, "arch", str, where),
-        default_backend=_take(data, "default_backend", str, where),
-        flash_bytes=_positive(_take(memory, "flash_bytes", int, f"{where}: memory", required=False), where, "memory.flash_bytes"),
-        ram_bytes=_positive(_take(memory, "ram_bytes", int, f"{where}: memory", required=False), where, "memory.ram_bytes"),
-        toolchain=Toolchain(cc=_take(toolchain, "cc", str, f"{where}: toolchain", required=False) or "gcc", cflags=tuple(cflags)),
+        arch=top.get("arch", str, required=True),
+        default_backend=top.get("default_backend", str, required=True),
+        flash_bytes=memory.positive("flash_bytes"),
+        ram_bytes=memory.positive("ram_bytes"),
+        toolchain=Toolchain(cc=toolchain.get("cc", str) or "gcc", cflags=tuple(cflags)),
         c_array=CArrayOptions(
-            section=_take(c_array, "section", str, f"{where}: c_array", required=False),
+            section=c_array.get("section", str),
             alignment=alignment,
-            embed_backend=_take(c_array, "embed_backend", str, f"{where}: c_array", required=False) or "onnxruntime",
+            embed_backend=c_array.get("embed_backend", str) or "onnxruntime",
         ),
         path=str(path),
     )

@@ -127,3 +127,30 @@ def test_no_leftover_staging_folders(tmp_path):
     result = run_cli("compile", str(MNIST_MODEL), "-t", "nope", "-q", "none", "-o", "out", cwd=tmp_path)
     assert result.returncode == TargetError.exit_code
     assert os.listdir(tmp_path) == []
+
+
+def test_foreign_output_folder_is_never_replaced(tmp_path):
+    folder = tmp_path / "project"
+    folder.mkdir()
+    (folder / "main.c").write_text("int main(void) { return 0; }\n")
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "project", cwd=tmp_path)
+    assert_clean_failure(result, OutputError.exit_code, "project", "not written by edgecomp")
+    assert sorted(p.name for p in folder.iterdir()) == ["main.c"]
+
+
+def test_output_folder_holding_an_input_is_refused(tmp_path):
+    model = tmp_path / "models" / "mnist-8.onnx"
+    model.parent.mkdir()
+    model.write_bytes(MNIST_MODEL.read_bytes())
+    result = run_cli("compile", str(model), "-t", "host-x86_64", "-q", "none", "-o", "models", cwd=tmp_path)
+    assert_clean_failure(result, OutputError.exit_code, "contains the input")
+    assert model.read_bytes() == MNIST_MODEL.read_bytes()
+
+
+def test_edgecomp_output_folder_is_replaced_whole(tmp_path):
+    first = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "out", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    (tmp_path / "out" / "stale.txt").write_text("from an older compile")
+    second = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "out", cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".edgecomp-output", "mnist-8.onnx", "mnist-8.ort"]

@@ -29,7 +29,7 @@ def test_mnist_for_cortex_m4_as_in_the_readme(tmp_path):
     report = json.loads(result.stdout)
     names = sorted(pathlib.Path(a["path"]).name for a in report["artifacts"])
     assert names == ["mnist-8.c", "mnist-8.h", PLAN_FILE]
-    assert sorted(p.name for p in (tmp_path / "build").iterdir()) == names
+    assert sorted(p.name for p in (tmp_path / "build").iterdir()) == [".edgecomp-output", *names]
     output = report["evaluation"]["outputs"]["Plus214_Output_0"]
     assert output["accuracy_fp32"] == pytest.approx(0.993)
     assert output["accuracy_compiled"] >= 0.9925

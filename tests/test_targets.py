@@ -37,11 +37,12 @@ BASE = 'name = "board"\ndescription = "d"\nkind = "mcu"\narch = "armv7e-m"\ndefa
 @pytest.mark.parametrize(
     "text, message",
     [
-        (BASE + "[memory]\nflash = 5\n", r"board.toml: \[memory\]: unknown key 'flash'"),
-        (BASE + "[memory]\nflash_bytes = -1\n", r"key 'memory.flash_bytes' must be a positive number of bytes"),
-        (BASE + "[memory]\nflash_bytes = \"1M\"\n", r"key 'flash_bytes' must be int"),
-        (BASE.replace('kind = "mcu"', 'kind = "fpga"'), r"key 'kind' must be one of host, linux, mcu"),
-        (BASE.replace('arch = "armv7e-m"\n', ""), r"missing key 'arch'"),
+        (BASE + "[memory]\nflash = 5\n", r"board.toml: unknown key 'memory.flash' \(known keys: memory.flash_bytes, memory.ram_bytes\)"),
+        (BASE + "[memory]\nflash_bytes = -1\n", r"board.toml: key 'memory.flash_bytes' must be a positive number of bytes"),
+        (BASE + "[memory]\nflash_bytes = \"1M\"\n", r"board.toml: key 'memory.flash_bytes' must be int"),
+        (BASE + "memory = 5\n", r"board.toml: key 'memory' must be a table"),
+        (BASE.replace('kind = "mcu"', 'kind = "fpga"'), r"board.toml: key 'kind' must be one of host, linux, mcu"),
+        (BASE.replace('arch = "armv7e-m"\n', ""), r"board.toml: missing key 'arch'"),
         (BASE + "[c_array]\nalignment = 24\n", r"'c_array.alignment' must be a power of two"),
         (BASE + "[toolchain]\ncflags = [1]\n", r"'toolchain.cflags' must be a list of strings"),
         ("name = \n", r"board.toml: not valid TOML"),

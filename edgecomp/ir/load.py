@@ -27,6 +27,8 @@ KNOWN_DOMAINS = ("", "ai.onnx", "ai.onnx.ml", "com.microsoft")
 
 
 def _parse(path: pathlib.Path) -> onnx.ModelProto:
+    if path.is_dir():
+        raise ModelError(f"{path}: is a folder, not an ONNX model file")
     if not path.is_file():
         raise ModelError(f"{path}: model file not found")
     data = path.read_bytes()

@@ -107,8 +107,8 @@ class CArrayBackend:
         """The backend named by ``target.c_array.embed_backend``.
 
         Raises:
-            TargetError: the target names this backend itself.
-            PluginError: no backend of that name is registered.
+            TargetError: the target names this backend itself, or a backend that is not registered
+                (the message names the target file and key).
         """
         name = target.c_array.embed_backend
         if name == self.name:
@@ -119,7 +119,10 @@ class CArrayBackend:
         lookup = (options.get_backend if options is not None else None) or self._get_backend
         if lookup is None:
             from edgecomp.plugins import get_backend as lookup
-        return lookup(name)
+        try:
+            return lookup(name)
+        except PluginError as exc:
+            raise TargetError(f"{target.path or target.name}: key 'c_array.embed_backend': {exc}") from None
 
     def support(self, model: "ir.Model", target: "Target") -> SupportReport:
         """Every node c-array cannot represent (see the module docstring). Does no work.

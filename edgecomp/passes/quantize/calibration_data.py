@@ -648,11 +648,11 @@ def _open_folder(
     found = [kind for kind, present in kinds.items() if present]
     if not found:
         raise CalibrationDataError(
-            f"{folder}: no calibration data found (0 samples): expected .npy files, sample subfolders of "
+            f"{folder}: no data found (0 samples): expected .npy files, sample subfolders of "
             f".npy files, images ({' '.join(IMAGE_SUFFIXES)}) or test_data_set_* folders"
         )
     if len(found) > 1:
-        raise CalibrationDataError(f"{folder}: ambiguous calibration folder, it holds {' and '.join(found)}")
+        raise CalibrationDataError(f"{folder}: ambiguous data folder, it holds {' and '.join(found)}")
     kind = found[0]
     if kind == "test_data_set_* folders":
         return _TestDataSetSource(str(folder), specs, test_sets), False
@@ -722,7 +722,7 @@ class CalibrationDataset:
         self.source = source.description
         self.num_samples = source.num_samples if limit is None else min(limit, source.num_samples)
         if self.num_samples == 0:
-            raise CalibrationDataError(f"{source.description}: no samples (empty calibration set)")
+            raise CalibrationDataError(f"{source.description}: no samples (empty data set)")
         self.labels = None if source.labels is None else source.labels[: self.num_samples]
         fixed = {spec.name: spec.fixed_batch_size for spec in inputs if spec.fixed_batch_size is not None}
         if len(set(fixed.values())) > 1:
@@ -820,7 +820,7 @@ def open_dataset(
         raise ValueError(f"default_batch_size must be >= 1, got {default_batch_size}")
     path = pathlib.Path(path)
     if not path.exists():
-        raise CalibrationDataError(f"{path}: calibration data not found")
+        raise CalibrationDataError(f"{path}: data not found")
     used_preprocessing = False
     if path.is_dir():
         source, used_preprocessing = _open_folder(path, inputs, preprocessing)
@@ -830,7 +830,7 @@ def open_dataset(
         source = _open_npy(path, inputs)
     else:
         raise CalibrationDataError(
-            f"{path}: unknown calibration data format (expected .npz, .npy, or a folder of .npy files, "
+            f"{path}: unknown data format (expected .npz, .npy, or a folder of .npy files, "
             f"images or test_data_set_*)"
         )
     if preprocessing is not None and not used_preprocessing:

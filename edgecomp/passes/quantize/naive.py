@@ -21,6 +21,7 @@ from typing import Callable, Iterable, Mapping
 import numpy as np
 import onnx_ir as ir
 
+from edgecomp.passes.base import InPlacePass, PassResult
 from edgecomp.passes.quantize.calibrate import collect_ranges
 from edgecomp.passes.quantize.observers import quantization_params
 from edgecomp.passes.quantize.plan import NodePlan, QuantizationPlan, TensorPlan
@@ -219,3 +220,24 @@ def quantize_naive(
         else:
             nodes.append(NodePlan(node.name, node.op_type, "int8", "naive: every quantizable operator runs in int8"))
     return QuantizationPlan("naive", method, samples, tuple(nodes), tuple(sorted(tensors, key=lambda t: t.name)))
+
+
+class NaiveQuantizationPass(InPlacePass):
+    """:func:`quantize_naive` as a pass, so the pass manager's instruments (timing, ``--dump-ir``)
+    see it like every other stage.
+
+    Args:
+        batches, method, progress: as for :func:`quantize_naive`.
+
+    Attributes:
+        plan: the :class:`QuantizationPlan` after the pass ran, else None.
+    """
+
+    def __init__(self, batches: Iterable[Mapping[str, np.ndarray]], method: str = "minmax", progress: Callable[[int], None] | None = None) -> None:
+        super().__init__()
+        self.batches, self.method, self.progress = batches, method, progress
+        self.plan: QuantizationPlan | None = None
+
+    def call(self, model: ir.Model) -> PassResult:
+        self.plan = quantize_naive(model, self.batches, self.method, self.progress)
+        return PassResult(model, modified=True)
