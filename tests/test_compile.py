@@ -97,3 +97,12 @@ def test_mlperf_tiny_naive_int8_for_host(tmp_path, name):
     probabilities = session.run(None, {session.get_inputs()[0].name: x})[0]
     assert probabilities.shape == (len(x), {"kws": 12, "vww": 2, "ic": 10}[name])
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=0.02)
+
+
+def test_float_compile_with_verification_data_checks_the_ort_twin(tmp_path, mnist_small_calib):
+    """-q none with --calibration: the .ort twin is compared with the .onnx within 1e-4 of the range."""
+    result = compile_model(CompileOptions(model=str(MNIST_MODEL), target="host-x86_64", quantize="none", calibration=str(mnist_small_calib), output=str(tmp_path / "f")))
+    metadata = result.report["backend_metadata"]
+    assert metadata["ort_vs_onnx_max_difference"] <= 1.0
+    assert metadata["fused_kernel_check"] == "not run: float model"
+    assert "weight_range" not in metadata
