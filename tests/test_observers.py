@@ -281,3 +281,14 @@ def test_entropy_on_one_sided_data_searches_with_255_levels():
     assert high == pytest.approx(expected)
     assert high != pytest.approx(kl_divergence_threshold(observer.magnitude_histogram(), 128) * width)
     assert high < relu_like.max()  # it still clips the long tail
+
+
+def test_entropy_never_clips_everything():
+    """A ReLU output that never comes near zero (a bottleneck layer): no candidate may drop all mass."""
+    values = np.random.default_rng(3).uniform(0.9, 3.7, 20_000).astype(np.float32)
+    observer = EntropyObserver()
+    observer.update(values)
+    low, high = observer.range()
+    assert low == 0.0
+    assert high >= 0.9  # the old search returned ~0.46: every value clipped
+    assert np.mean(values > high) < 0.05

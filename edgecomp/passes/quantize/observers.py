@@ -300,7 +300,9 @@ def kl_divergence_threshold(histogram: np.ndarray, num_quantized_bins: int = DEF
     instead of expanding ``Q`` bin by bin. ``Q`` can only be 0 where ``P`` is not in bin ``i - 1``, when
     the outliers land in a last group whose unclipped bins are all empty; as MXNet's smoothing does,
     that bin gets ``Q = 1e-4`` counts instead of 0 (MXNet also shifts every other bin by a negligible
-    amount, which is left out here).
+    amount, which is left out here). A candidate keeping no mass at all (every value beyond it, e.g.
+    a ReLU output that never comes near zero) has no ``Q`` and divergence infinity, as MXNet's
+    smoothing refuses an all-zero distribution.
 
     Args:
         histogram: counts of ``|x|`` in equal-width bins starting at 0, shape ``[n]``, non-negative.
@@ -337,6 +339,7 @@ def kl_divergence_threshold(histogram: np.ndarray, num_quantized_bins: int = DEF
         p_last = last_bin + outliers
         sum_p_log_p = cum_x_log_x[kept - 1] + np.where(p_last > 0, p_last * np.log(p_last), 0.0)
         q_total = cum_counts[kept]
+        kept_is_empty = q_total == 0  # every value is beyond the threshold: Q is undefined (MXNet: inf)
         # MXNet-style smoothing where it matters: a last group with no Q mass but outliers in P
         empty = (group_q[:, -1] == 0) & (group_p[:, -1] > 0)
         group_q[:, -1] = np.where(empty, _KL_EPSILON, group_q[:, -1])
@@ -344,7 +347,7 @@ def kl_divergence_threshold(histogram: np.ndarray, num_quantized_bins: int = DEF
         log_q = np.log(group_q / (group_nonzero * q_total[:, None]))
         cross = np.where(group_p > 0, group_p * log_q, 0.0).sum(axis=1)
         divergence = (sum_p_log_p - cross) / total - np.log(total)
-    divergence = np.where(np.isnan(divergence), np.inf, divergence)
+    divergence = np.where(np.isnan(divergence) | kept_is_empty, np.inf, divergence)
     return int(kept[np.argmin(divergence)])
 
 
