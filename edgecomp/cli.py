@@ -113,7 +113,11 @@ def _print_report(report: dict[str, Any]) -> None:
 @click.argument("model")
 @click.option("-t", "--target", required=True, help="Target name (see `edgecomp targets`) or path to a target .toml.")
 @click.option("-b", "--backend", default=None, help="Backend name (see `edgecomp plugins`); default: the target's default_backend.")
-@click.option("-q", "--quantize", type=click.Choice(["none", "naive"]), default="naive", show_default=True, help="none: float32; naive: every quantizable operator INT8.")
+@click.option(
+    "-q", "--quantize", type=click.Choice(["auto", "none", "naive", "qat"]), default="auto", show_default=True,
+    help="none: float32; naive: every quantizable operator INT8 (needs --calibration); qat: keep the QDQ scales "
+    "a QAT or pre-quantized model carries; auto: qat for models with QuantizeLinear/DequantizeLinear, else naive.",
+)
 @click.option("--calibration", type=click.Path(), default=None, help="Calibration data: .npz, folder of .npy, image folder, or test_data_set_* folders.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True, help="How activation ranges are chosen from the calibration data.")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=None, help="Use at most N calibration samples.")

@@ -30,12 +30,13 @@ from edgecomp.passes.quantize import metrics
 from edgecomp.passes.quantize.calibration_data import ImagePreprocessing, input_specs, open_dataset
 from edgecomp.passes.quantize.observers import METHODS
 from edgecomp.passes.quantize.plan import QuantizationPlan
+from edgecomp.passes.quantize.qat import has_qdq, plan_from_qdq
 from edgecomp.plugins import get_backend
 from edgecomp.targets import get_target
 
 logger = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("none", "naive")
+QUANTIZE_MODES = ("auto", "none", "naive", "qat")
 PLAN_FILE = "quantization_plan.json"
 VERIFICATION_SAMPLES = 32
 
@@ -48,7 +49,9 @@ class CompileOptions:
         model: path of the ONNX model (never modified).
         target: target name or path of a target ``.toml``.
         backend: backend name; None takes the target's ``default_backend``.
-        quantize: ``none`` (float) or ``naive`` (every quantizable operator INT8).
+        quantize: ``none`` (float), ``naive`` (every quantizable operator INT8, calibrated),
+            ``qat`` (keep the QuantizeLinear/DequantizeLinear and scales the model carries), or
+            ``auto`` (``qat`` when the model carries QDQ nodes, else ``naive``).
         calibration: calibration data (``.npz``, ``.npy`` folder, image folder, ``test_data_set_*``).
         calibration_method: ``minmax``, ``percentile``, ``entropy`` or ``mse``.
         calibration_limit: use at most this many calibration samples (None: all).
@@ -63,7 +66,7 @@ class CompileOptions:
     model: str
     target: str
     backend: str | None = None
-    quantize: str = "naive"
+    quantize: str = "auto"
     calibration: str | None = None
     calibration_method: str = "minmax"
     calibration_limit: int | None = None
@@ -236,17 +239,21 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     backend = get_backend(options.backend or target.default_backend)
     output_dir = pathlib.Path(options.output) if options.output else pathlib.Path(f"{model_path.stem}-{target.name}")
     _check_output(output_dir, [p for p in (options.model, options.calibration, options.eval, options.preprocessing, options.target) if p and os.path.exists(p)])
-    if options.quantize != "none" and not options.calibration:
-        raise CalibrationDataError(f"--quantize {options.quantize} needs calibration data (--calibration PATH)")
-
     model = load_model(model_path)
     input_bytes = model_path.stat().st_size
+    mode = options.quantize
+    if mode == "auto":
+        mode = "qat" if has_qdq(model) else "naive"
+    if mode == "naive" and not options.calibration:
+        raise CalibrationDataError("--quantize naive needs calibration data (--calibration PATH)")
+    if mode == "qat" and not has_qdq(model):
+        raise UnsupportedError(f"{model_path}: --quantize qat needs a model with QuantizeLinear/DequantizeLinear nodes; this one has none")
     lap("load")
 
     instruments: list = [PassTiming()]
     if options.dump_ir:
         instruments.append(IRDump(pathlib.Path(options.dump_ir)))
-    canonical = PassManager(canonicalization_passes(fold_weight_dequantize=options.quantize == "none"), instruments)(model)
+    canonical = PassManager(canonicalization_passes(fold_weight_dequantize=mode == "none"), instruments)(model)
     model = canonical.model
     reference_bytes = to_bytes(model)
     lap("canonicalize")
@@ -272,7 +279,9 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             taken += len(next(iter(batch.values())))
             if taken >= VERIFICATION_SAMPLES:
                 break
-    if options.quantize == "naive":
+    if mode == "qat":
+        plan = plan_from_qdq(model)
+    if mode == "naive":
         from edgecomp.passes.quantize.naive import NaiveQuantizationPass
 
         total = calibration.num_samples
@@ -294,13 +303,14 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         model = PassManager(legalize, instruments)(model).model
     lap("legalize")
 
-    reference = make_session(reference_bytes, optimize=True)
+    # The reference is the float model; a QAT model has none, so its own QDQ simulation serves.
+    reference = make_session(reference_bytes, optimize=mode != "qat")
     reference_outputs = tuple(tuple(reference.run(None, dict(batch))) for batch in verification_inputs)
     artifact = backend.lower(
         model,
         target,
         LowerOptions(
-            quantize=options.quantize,
+            quantize=mode,
             verification_inputs=tuple(verification_inputs),
             reference_outputs=reference_outputs,
             model_name=model_path.stem,
@@ -334,7 +344,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         "model": {"path": str(model_path), "bytes": input_bytes, "sha256": _sha256(model_path.read_bytes())},
         "target": target.name,
         "backend": backend.name,
-        "quantize": options.quantize,
+        "quantize": mode,
         "calibration": None if calibration is None else {"path": options.calibration, "method": options.calibration_method, "samples": plan.calibration_samples if plan else calibration.num_samples},
         "output_dir": str(output_dir),
         "artifacts": [{"path": str(output_dir / name), "bytes": len(data), "sha256": _sha256(data)} for name, data in sorted(files.items()) if name != OUTPUT_MARKER],
