@@ -58,6 +58,9 @@ class LowerOptions:
             of arrays per input, in graph output order), so a backend can measure what its
             artifact loses against float; empty when not computed.
         model_name: stem used for artifact file names (``mnist-8`` -> ``mnist-8.onnx``).
+        io_layout: layout of 4-D graph inputs/outputs in the artifact: None keeps the ONNX model's
+            layout, ``"nchw"`` or ``"nhwc"`` asks for that layout (backends whose runtime has a
+            native layout, e.g. TFLite's NHWC, honour it; others report it unsupported).
         get_backend: looks up another registered backend by name (the ``c-array`` backend embeds
             another backend's artifact).
     """
@@ -66,6 +69,7 @@ class LowerOptions:
     verification_inputs: Sequence[Mapping[str, np.ndarray]] = ()
     reference_outputs: Sequence[Sequence[np.ndarray]] = ()
     model_name: str = "model"
+    io_layout: str | None = None
     get_backend: Callable[[str], "Backend"] | None = None
 
 

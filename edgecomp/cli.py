@@ -126,8 +126,9 @@ def _print_report(report: dict[str, Any]) -> None:
 @click.option("-o", "--output", type=click.Path(), default=None, help="Output folder (default: <model>-<target>).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size for models with a dynamic batch axis.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), default=None, help="Write the model after every pass to this folder.")
+@click.option("--io-layout", type=click.Choice(["nchw", "nhwc"]), default=None, help="Layout of 4-D inputs/outputs in the artifact (default: the ONNX model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the compile report as JSON on stdout.")
-def compile_command(model, target, backend, quantize, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, as_json) -> None:
+def compile_command(model, target, backend, quantize, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, io_layout, as_json) -> None:
     """Compile MODEL (ONNX) for a target and write the artifacts and quantization plan."""
     from rich.progress import Progress
 
@@ -136,7 +137,7 @@ def compile_command(model, target, backend, quantize, calibration, calibration_m
     options = CompileOptions(
         model=model, target=target, backend=backend, quantize=quantize, calibration=calibration,
         calibration_method=calibration_method, calibration_limit=calibration_limit, preprocessing=preprocessing,
-        eval=eval_path, output=output, batch_size=batch_size, dump_ir=dump_ir,
+        eval=eval_path, output=output, batch_size=batch_size, dump_ir=dump_ir, io_layout=io_layout,
     )
     with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = None

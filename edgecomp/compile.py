@@ -61,6 +61,8 @@ class CompileOptions:
         output: output folder; None means ``<model stem>-<target>`` in the working directory.
         batch_size: calibration/eval batch size for models with a dynamic batch dimension.
         dump_ir: folder to write the model after every pass (debugging), or None.
+        io_layout: ``"nchw"``/``"nhwc"`` for 4-D inputs/outputs of the artifact, None keeps the
+            ONNX layout (see :class:`edgecomp.backend.LowerOptions`).
     """
 
     model: str
@@ -75,6 +77,7 @@ class CompileOptions:
     output: str | None = None
     batch_size: int = 32
     dump_ir: str | None = None
+    io_layout: str | None = None
 
 
 @dataclasses.dataclass
@@ -315,6 +318,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             reference_outputs=reference_outputs,
             model_name=model_path.stem,
             get_backend=get_backend,
+            io_layout=options.io_layout,
         ),
     )
     lap("lower")

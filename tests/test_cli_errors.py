@@ -13,7 +13,7 @@ import pytest
 
 from realdata import MNIST_CALIB, MNIST_MODEL
 
-from edgecomp.errors import CalibrationDataError, ModelError, OutputError, PluginError, TargetError
+from edgecomp.errors import CalibrationDataError, ModelError, OutputError, PluginError, TargetError, UnsupportedError
 
 
 def run_cli(*args: str, cwd: pathlib.Path) -> subprocess.CompletedProcess:
@@ -154,3 +154,9 @@ def test_edgecomp_output_folder_is_replaced_whole(tmp_path):
     second = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "out", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".edgecomp-output", "mnist-8.onnx", "mnist-8.ort"]
+
+
+def test_io_layout_on_a_backend_without_one(tmp_path):
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "--io-layout", "nhwc", "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, UnsupportedError.exit_code, "--io-layout nhwc")
+    assert not (tmp_path / "out").exists()

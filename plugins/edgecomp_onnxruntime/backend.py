@@ -29,7 +29,7 @@ import numpy as np
 import onnx_ir as ir
 
 from edgecomp.backend import Artifact, LowerOptions, SupportReport, Unsupported
-from edgecomp.errors import VerificationError
+from edgecomp.errors import UnsupportedError, VerificationError
 from edgecomp.ir.load import to_bytes
 from edgecomp.ir.run import make_session
 from edgecomp.passes.quantize.metrics import sqnr_db
@@ -216,6 +216,10 @@ class OnnxRuntimeBackend:
             VerificationError: the fused integer kernels disagree with the QDQ simulation even
                 with 7-bit weights, or the .ort file does not reproduce the .onnx outputs.
         """
+        if options.io_layout:
+            raise UnsupportedError(
+                f"backend {self.name!r} keeps the ONNX model's input/output layout; --io-layout {options.io_layout} needs a backend with a native layout (tflite)"
+            )
         metadata: dict = {}
         onnx_bytes = to_bytes(model)
         skip = None
