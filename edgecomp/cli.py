@@ -224,10 +224,11 @@ def plugins_command(as_json) -> None:
         click.echo(json.dumps({"plugins": rows, "backends": found}, indent=2, sort_keys=True))
         return
     table = Table(title="plugins")
-    for column in ("plugin", "version", "hooks"):
-        table.add_column(column)
+    for column in ("plugin", "version", "hooks", "registered", "problem"):
+        table.add_column(column, overflow="fold")
     for row in rows:
-        table.add_row(row["name"], str(row["version"]), ", ".join(row["hooks"]))
+        registered = ", ".join([f"backend {b}" for b in row["backends"]] + [f"target {t}" for t in row["targets"]])
+        table.add_row(row["name"], str(row["version"]), ", ".join(row["hooks"]), registered, "; ".join(row["problems"]))
     stdout.print(table)
     backend_table = Table(title="backends")
     backend_table.add_column("name")
@@ -237,16 +238,18 @@ def plugins_command(as_json) -> None:
     stdout.print(backend_table)
 
 
-def _register_plugin_commands() -> None:
-    try:
-        from edgecomp.plugins import get_plugin_manager
+def _report_plugin_problems() -> None:
+    """One stderr line per broken plugin; the rest of edgecomp keeps working."""
+    from edgecomp.plugins import problems
 
-        get_plugin_manager().hook.edgecomp_register_commands(cli=cli)
-    except EdgecompError as error:
-        _fail(error)
+    for problem in problems():
+        click.echo(f"edgecomp: warning: {problem}", err=True)
 
 
 def main() -> None:
     """Console-script entry point."""
-    _register_plugin_commands()
+    from edgecomp.plugins import register_commands
+
+    register_commands(cli)
+    _report_plugin_problems()
     cli(prog_name="edgecomp")

@@ -2,9 +2,12 @@
 
 Plugins are modules or objects registered under the setuptools entry-point group ``edgecomp``
 (``[project.entry-points.edgecomp]`` in a plugin's ``pyproject.toml``). They implement any of the
-hooks below, decorated with :data:`hookimpl`. Every hook is keyword-only and receives a
-``register`` callback; hooks only ever change by gaining arguments, so a plugin written against this
-version keeps working. First-party backends (``plugins/``) use exactly these hooks.
+hooks below, decorated with :data:`hookimpl`. edgecomp always calls hooks with keyword arguments
+(pluggy matches them by name), so an implementation may take any subset of a hook's arguments.
+No hook is first-result: every implementation is called, in registration order. Hooks only ever
+change by gaining arguments, so a plugin written against :data:`PLUGIN_API_VERSION` keeps working;
+a hook or argument to be retired is first marked with pluggy's ``warn_on_impl`` for a release.
+First-party backends (``plugins/``) use exactly these hooks. ``docs/plugins.md`` documents them.
 """
 
 from __future__ import annotations
@@ -12,6 +15,9 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import pluggy
+
+PLUGIN_API_VERSION = 1
+"""Version of this contract; raised only when a hook or argument is added."""
 
 hookspec = pluggy.HookspecMarker("edgecomp")
 hookimpl = pluggy.HookimplMarker("edgecomp")

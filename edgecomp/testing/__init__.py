@@ -17,30 +17,29 @@ from typing import Any, Iterator
 from edgecomp.backend import Artifact, Backend, LowerOptions, SupportReport
 
 
-def _clear_caches() -> None:
-    from edgecomp import plugins
-
-    plugins.backends.cache_clear()
-
-
 @contextlib.contextmanager
 def registered_plugin(plugin: Any, name: str = "test-plugin") -> Iterator[None]:
     """Register ``plugin`` (a module or object with ``@hookimpl`` functions) for a ``with`` block.
 
-    The plugin manager's backend cache is cleared on entry and exit, so the plugin's backends and
+    The collected registrations are recomputed on entry and exit, so the plugin's backends and
     targets are visible inside the block only.
+
+    Raises:
+        PluginError: the plugin breaks the contract (unknown hook, wrong hook arguments).
     """
-    from edgecomp.plugins import check_pending, get_plugin_manager
+    from edgecomp.errors import PluginError
+    from edgecomp.plugins import get_plugin_manager, register_checked, reset
 
     manager = get_plugin_manager()
-    manager.register(plugin, name=name)
-    _clear_caches()
+    problem = register_checked(manager, plugin, name)
+    if problem:
+        raise PluginError(str(problem))
+    reset()
     try:
-        check_pending(manager)
         yield
     finally:
         manager.unregister(plugin)
-        _clear_caches()
+        reset()
 
 
 def check_backend_contract(backend: Backend, model_factory, target, options: LowerOptions) -> Artifact:
