@@ -114,10 +114,12 @@ def _print_report(report: dict[str, Any]) -> None:
 @click.option("-t", "--target", required=True, help="Target name (see `edgecomp targets`) or path to a target .toml.")
 @click.option("-b", "--backend", default=None, help="Backend name (see `edgecomp plugins`); default: the target's default_backend.")
 @click.option(
-    "-q", "--quantize", type=click.Choice(["auto", "none", "naive", "qat"]), default="auto", show_default=True,
-    help="none: float32; naive: every quantizable operator INT8 (needs --calibration); qat: keep the QDQ scales "
+    "-q", "--quantize", type=click.Choice(["auto", "none", "naive", "hybrid", "dynamic", "qat"]), default="auto", show_default=True,
+    help="none: float32; naive: every quantizable operator INT8 (needs --calibration); hybrid: INT8 for --int8-ops, "
+    "the rest float32 (needs --calibration); dynamic: INT8 weights, float activations; qat: keep the QDQ scales "
     "a QAT or pre-quantized model carries; auto: qat for models with QuantizeLinear/DequantizeLinear, else naive.",
 )
+@click.option("--int8-ops", default="Conv,Gemm,MatMul", show_default=True, help="Comma-separated operator types run in INT8 by -q hybrid.")
 @click.option("--calibration", type=click.Path(), default=None, help="Calibration data: .npz, folder of .npy, image folder, or test_data_set_* folders.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True, help="How activation ranges are chosen from the calibration data.")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=None, help="Use at most N calibration samples.")
@@ -128,7 +130,7 @@ def _print_report(report: dict[str, Any]) -> None:
 @click.option("--dump-ir", type=click.Path(file_okay=False), default=None, help="Write the model after every pass to this folder.")
 @click.option("--io-layout", type=click.Choice(["nchw", "nhwc"]), default=None, help="Layout of 4-D inputs/outputs in the artifact (default: the ONNX model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the compile report as JSON on stdout.")
-def compile_command(model, target, backend, quantize, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, io_layout, as_json) -> None:
+def compile_command(model, target, backend, quantize, int8_ops, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, io_layout, as_json) -> None:
     """Compile MODEL (ONNX) for a target and write the artifacts and quantization plan."""
     from rich.progress import Progress
 
@@ -138,6 +140,7 @@ def compile_command(model, target, backend, quantize, calibration, calibration_m
         model=model, target=target, backend=backend, quantize=quantize, calibration=calibration,
         calibration_method=calibration_method, calibration_limit=calibration_limit, preprocessing=preprocessing,
         eval=eval_path, output=output, batch_size=batch_size, dump_ir=dump_ir, io_layout=io_layout,
+        int8_ops=tuple(op.strip() for op in int8_ops.split(",") if op.strip()),
     )
     with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = None

@@ -36,7 +36,8 @@ from edgecomp.targets import get_target
 
 logger = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("auto", "none", "naive", "qat")
+QUANTIZE_MODES = ("auto", "none", "naive", "hybrid", "dynamic", "qat")
+CALIBRATED_MODES = ("naive", "hybrid")
 PLAN_FILE = "quantization_plan.json"
 VERIFICATION_SAMPLES = 32
 
@@ -50,8 +51,11 @@ class CompileOptions:
         target: target name or path of a target ``.toml``.
         backend: backend name; None takes the target's ``default_backend``.
         quantize: ``none`` (float), ``naive`` (every quantizable operator INT8, calibrated),
-            ``qat`` (keep the QuantizeLinear/DequantizeLinear and scales the model carries), or
-            ``auto`` (``qat`` when the model carries QDQ nodes, else ``naive``).
+            ``hybrid`` (INT8 for :attr:`int8_ops`, the rest float32, calibrated), ``dynamic``
+            (int8 weights, float activations), ``qat`` (keep the QuantizeLinear/DequantizeLinear and
+            scales the model carries), or ``auto`` (``qat`` when the model carries QDQ nodes, else
+            ``naive``).
+        int8_ops: operator types run in INT8 by ``hybrid`` (default Conv, Gemm, MatMul).
         calibration: calibration data (``.npz``, ``.npy`` folder, image folder, ``test_data_set_*``).
         calibration_method: ``minmax``, ``percentile``, ``entropy`` or ``mse``.
         calibration_limit: use at most this many calibration samples (None: all).
@@ -78,6 +82,7 @@ class CompileOptions:
     batch_size: int = 32
     dump_ir: str | None = None
     io_layout: str | None = None
+    int8_ops: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
 
 
 @dataclasses.dataclass
@@ -247,8 +252,8 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     mode = options.quantize
     if mode == "auto":
         mode = "qat" if has_qdq(model) else "naive"
-    if mode == "naive" and not options.calibration:
-        raise CalibrationDataError("--quantize naive needs calibration data (--calibration PATH)")
+    if mode in CALIBRATED_MODES and not options.calibration:
+        raise CalibrationDataError(f"--quantize {mode} needs calibration data (--calibration PATH)")
     if mode == "qat" and not has_qdq(model):
         raise UnsupportedError(f"{model_path}: --quantize qat needs a model with QuantizeLinear/DequantizeLinear nodes; this one has none")
     lap("load")
@@ -284,8 +289,12 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
                 break
     if mode == "qat":
         plan = plan_from_qdq(model)
-    if mode == "naive":
-        from edgecomp.passes.quantize.naive import NaiveQuantizationPass
+    elif mode == "dynamic":
+        from edgecomp.passes.quantize.naive import quantize_weights_only
+
+        plan = quantize_weights_only(model)
+    elif mode in CALIBRATED_MODES:
+        from edgecomp.passes.quantize.naive import Int8QuantizationPass, hybrid_chooser
 
         total = calibration.num_samples
         done = 0
@@ -296,7 +305,10 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             if progress is not None:
                 progress("calibrate", done, total)
 
-        quantizer = NaiveQuantizationPass(calibration.batches(options.batch_size), options.calibration_method, tick)
+        choose = hybrid_chooser(options.int8_ops) if mode == "hybrid" else None
+        quantizer = Int8QuantizationPass(
+            calibration.batches(options.batch_size), method=options.calibration_method, choose=choose, mode=mode, progress=tick
+        )
         model = PassManager([quantizer], instruments)(model).model
         plan = quantizer.plan
     lap("quantize")

@@ -7,7 +7,7 @@ are exposed as extra session outputs); each observer folds the batch into a fixe
 
 from __future__ import annotations
 
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -19,19 +19,18 @@ from edgecomp.passes.quantize.observers import make_observer
 
 def collect_ranges(
     model: ir.Model,
-    tensor_names: Sequence[str],
+    methods: Mapping[str, str],
     batches: Iterable[Mapping[str, np.ndarray]],
-    method: str,
     progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, tuple[float, float]], int]:
     """Observe the real-valued range of each named float tensor over the calibration batches.
 
     Args:
         model: the float IR model (not modified).
-        tensor_names: graph inputs and/or intermediate float tensors to observe.
-        batches: calibration batches, input name -> array with the batch axis first.
-        method: observer name (``minmax``, ``percentile``, ``entropy``, ``mse``; see
-            :mod:`edgecomp.passes.quantize.observers`).
+        methods: tensor name (graph input or intermediate float tensor) -> observer name
+            (``minmax``, ``percentile``, ``entropy``, ``mse``; see
+            :mod:`edgecomp.passes.quantize.observers`); tensors may use different methods, all
+            observed in the same single inference pass per batch.
         progress: called with the number of samples of each batch after it is processed.
 
     Returns:
@@ -41,7 +40,8 @@ def collect_ranges(
     Raises:
         CalibrationDataError: no batch was given.
     """
-    observers = {name: make_observer(method) for name in tensor_names}
+    tensor_names = sorted(methods)
+    observers = {name: make_observer(methods[name]) for name in tensor_names}
     graph_inputs = {value.name for value in model.graph.inputs}
     fed = [name for name in tensor_names if name in graph_inputs]
     computed = [name for name in tensor_names if name not in graph_inputs]

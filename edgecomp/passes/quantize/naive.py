@@ -78,11 +78,16 @@ def _data_inputs(node: ir.Node) -> list[ir.Value]:
     return seen
 
 
-def select_int8_nodes(model: ir.Model) -> tuple[list[ir.Node], dict[ir.Node, str]]:
-    """The nodes naive quantization runs in int8, and a reason for every node left in float.
+NodeChooser = Callable[[ir.Node], "str | None"]
+"""Decides a quantizable node's precision: None for int8, else the reason it stays in float."""
 
-    A node is int8 when its operator is in :data:`INT8_OPS`, it has at least one float32 input
-    that is not a constant, and all its outputs are float32.
+
+def select_int8_nodes(model: ir.Model, choose: NodeChooser | None = None) -> tuple[list[ir.Node], dict[ir.Node, str]]:
+    """The nodes that run in int8, and a reason for every node left in float.
+
+    A node can be int8 when its operator is in :data:`INT8_OPS`, it has at least one float32 input
+    that is not a constant, and all its outputs are float32; ``choose`` (hybrid, selective, a
+    user's plan) may then keep it in float. Without ``choose`` every such node is int8 (naive).
     """
     selected, reasons = [], {}
     for node in model.graph:
@@ -92,6 +97,8 @@ def select_int8_nodes(model: ir.Model) -> tuple[list[ir.Node], dict[ir.Node, str
             reasons[node] = "operates on non-float32 tensors"
         elif not _data_inputs(node):
             reasons[node] = "all its inputs are constants (a constant computation, left in float)"
+        elif choose is not None and (reason := choose(node)) is not None:
+            reasons[node] = reason
         else:
             selected.append(node)
     return selected, reasons
@@ -122,12 +129,32 @@ def quantize_naive(
     method: str = "minmax",
     progress: Callable[[int], None] | None = None,
 ) -> QuantizationPlan:
-    """Quantize ``model`` in place to naive INT8 QDQ form and return the plan.
+    """Quantize ``model`` in place to naive INT8 QDQ form (every quantizable node, one method).
+
+    See :func:`quantize_int8`; this is it with no node chooser and no per-tensor methods.
+    """
+    return quantize_int8(model, batches, method=method, progress=progress)
+
+
+def quantize_int8(
+    model: ir.Model,
+    batches: Iterable[Mapping[str, np.ndarray]],
+    *,
+    method: str = "minmax",
+    choose: NodeChooser | None = None,
+    tensor_methods: Mapping[str, str] | None = None,
+    mode: str = "naive",
+    progress: Callable[[int], None] | None = None,
+) -> QuantizationPlan:
+    """Quantize ``model`` in place to INT8 QDQ form and return the plan.
 
     Args:
         model: float IR model, canonicalized and topologically sorted; modified in place.
         batches: calibration batches (input name -> array, batch axis first).
-        method: activation calibration method (``minmax``, ``percentile``, ``entropy``, ``mse``).
+        method: default activation calibration method (``minmax``, ``percentile``, ``entropy``, ``mse``).
+        choose: keeps chosen nodes in float (see :func:`select_int8_nodes`); None: all int8.
+        tensor_methods: per activation tensor name, a calibration method overriding ``method``.
+        mode: the plan's mode name (``naive``, ``hybrid``, ``selective``).
         progress: called with the sample count of each calibration batch.
 
     Returns:
@@ -138,7 +165,8 @@ def quantize_naive(
     """
     graph = model.graph
     original_order = list(graph)
-    int8_nodes, reasons = select_int8_nodes(model)
+    int8_nodes, reasons = select_int8_nodes(model, choose)
+    tensor_methods = dict(tensor_methods or {})
     fused = _fused_activations(int8_nodes)
     fused_outputs = {producer.outputs[0] for producer in fused.values()}
 
@@ -157,8 +185,8 @@ def quantize_naive(
                 source[value] = ("shared", _data_inputs(node)[0])
             else:
                 source[value] = ("calibrate", value.name)
-    calibrated = sorted({v.name for v, (kind, _) in source.items() if kind == "calibrate"})
-    ranges, samples = collect_ranges(model, calibrated, batches, method, progress)
+    calibrated = {v.name: tensor_methods.get(v.name, method) for v, (kind, _) in source.items() if kind == "calibrate"}
+    ranges, samples = collect_ranges(model, calibrated, batches, progress)
 
     params: dict[ir.Value, tuple[float, int, str, tuple[float, float] | None]] = {}
     for value, (kind, detail) in source.items():
@@ -167,7 +195,7 @@ def quantize_naive(
             if value.producer() is not None and value.producer().op_type == "Relu":
                 low = 0.0
             scale, zero_point = quantization_params(low, high)
-            params[value] = (scale, zero_point, method, (low, high))
+            params[value] = (scale, zero_point, calibrated[value.name], (low, high))
         elif kind == "fixed":
             scale, zero_point = detail
             params[value] = (scale, zero_point, "fixed", None)
@@ -218,26 +246,66 @@ def quantize_naive(
         elif node in fused:
             nodes.append(NodePlan(node.name, node.op_type, "int8", f"fused into {fused[node].name}: its int8 output clamps at the zero point"))
         else:
-            nodes.append(NodePlan(node.name, node.op_type, "int8", "naive: every quantizable operator runs in int8"))
-    return QuantizationPlan("naive", method, samples, tuple(nodes), tuple(sorted(tensors, key=lambda t: t.name)))
+            nodes.append(NodePlan(node.name, node.op_type, "int8", f"{mode}: runs in int8" if choose else "naive: every quantizable operator runs in int8"))
+    return QuantizationPlan(mode, method, samples, tuple(nodes), tuple(sorted(tensors, key=lambda t: t.name)))
 
 
-class NaiveQuantizationPass(InPlacePass):
-    """:func:`quantize_naive` as a pass, so the pass manager's instruments (timing, ``--dump-ir``)
+class Int8QuantizationPass(InPlacePass):
+    """:func:`quantize_int8` as a pass, so the pass manager's instruments (timing, ``--dump-ir``)
     see it like every other stage.
 
     Args:
-        batches, method, progress: as for :func:`quantize_naive`.
+        batches: calibration batches; options: keyword arguments of :func:`quantize_int8`.
 
     Attributes:
         plan: the :class:`QuantizationPlan` after the pass ran, else None.
     """
 
-    def __init__(self, batches: Iterable[Mapping[str, np.ndarray]], method: str = "minmax", progress: Callable[[int], None] | None = None) -> None:
+    def __init__(self, batches: Iterable[Mapping[str, np.ndarray]], **options) -> None:
         super().__init__()
-        self.batches, self.method, self.progress = batches, method, progress
+        self.batches, self.options = batches, options
         self.plan: QuantizationPlan | None = None
 
     def call(self, model: ir.Model) -> PassResult:
-        self.plan = quantize_naive(model, self.batches, self.method, self.progress)
+        self.plan = quantize_int8(model, self.batches, **self.options)
         return PassResult(model, modified=True)
+
+
+HYBRID_DEFAULT_OPS = ("Conv", "Gemm", "MatMul")
+
+
+def hybrid_chooser(int8_ops: Iterable[str] = HYBRID_DEFAULT_OPS, int8_nodes: Iterable[str] = ()) -> NodeChooser:
+    """Hybrid: int8 for the given operator types and node names (and a Relu right after one, which
+    fuses into it), fp32 for every other node."""
+    ops, names = frozenset(int8_ops), frozenset(int8_nodes)
+
+    def chosen(node: ir.Node | None) -> bool:
+        return node is not None and (node.op_type in ops or node.name in names)
+
+    def choose(node: ir.Node) -> str | None:
+        if chosen(node):
+            return None
+        if node.op_type == "Relu" and chosen(node.inputs[0].producer()):
+            return None  # fused into its int8 producer: the producer's output clamps at zero
+        return f"hybrid: {node.op_type} is not among the int8 operator types ({', '.join(sorted(ops))}) or nodes"
+        return f"hybrid: {node.op_type} is not among the int8 operator types ({', '.join(sorted(ops))}) or nodes"
+
+    return choose
+
+
+def quantize_weights_only(model: ir.Model) -> QuantizationPlan:
+    """Dynamic-range quantization: int8 per-channel weights of Conv/ConvTranspose/Gemm/MatMul, float activations.
+
+    Weights are stored int8 (TFLite int8 spec layout: symmetric, zero point 0) and dequantized by a
+    DequantizeLinear in the graph; activations and biases stay float32. Modifies ``model`` in place.
+    """
+    graph = model.graph
+    tensors, nodes = [], []
+    for node in list(graph):
+        axis = weight_axis(node)
+        if axis is not None and len(node.inputs) > 1 and _is_float(node.inputs[1]) and _is_constant(node.inputs[1]):
+            tensors.append(quantize_weight(graph, node, 1, axis))
+            nodes.append(NodePlan(node.name, node.op_type, "int8", "dynamic range: int8 weights, float activations"))
+        else:
+            nodes.append(NodePlan(node.name, node.op_type, "fp32", "dynamic range: only Conv/Gemm/MatMul weights are quantized"))
+    return QuantizationPlan("dynamic", "none (weights only)", 0, tuple(nodes), tuple(sorted(tensors, key=lambda t: t.name)))
