@@ -120,6 +120,7 @@ def _print_report(report: dict[str, Any]) -> None:
     "a QAT or pre-quantized model carries; auto: qat for models with QuantizeLinear/DequantizeLinear, else naive.",
 )
 @click.option("--int8-ops", default="Conv,Gemm,MatMul", show_default=True, help="Comma-separated operator types run in INT8 by -q hybrid.")
+@click.option("--plan", "plan_path", type=click.Path(), default=None, help="Apply a (user-edited) quantization_plan.json: node precisions, per-tensor methods or fixed parameters.")
 @click.option("--calibration", type=click.Path(), default=None, help="Calibration data: .npz, folder of .npy, image folder, or test_data_set_* folders.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True, help="How activation ranges are chosen from the calibration data.")
 @click.option("--calibration-limit", type=click.IntRange(min=1), default=None, help="Use at most N calibration samples.")
@@ -130,7 +131,7 @@ def _print_report(report: dict[str, Any]) -> None:
 @click.option("--dump-ir", type=click.Path(file_okay=False), default=None, help="Write the model after every pass to this folder.")
 @click.option("--io-layout", type=click.Choice(["nchw", "nhwc"]), default=None, help="Layout of 4-D inputs/outputs in the artifact (default: the ONNX model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the compile report as JSON on stdout.")
-def compile_command(model, target, backend, quantize, int8_ops, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, io_layout, as_json) -> None:
+def compile_command(model, target, backend, quantize, int8_ops, plan_path, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, io_layout, as_json) -> None:
     """Compile MODEL (ONNX) for a target and write the artifacts and quantization plan."""
     from rich.progress import Progress
 
@@ -140,7 +141,7 @@ def compile_command(model, target, backend, quantize, int8_ops, calibration, cal
         model=model, target=target, backend=backend, quantize=quantize, calibration=calibration,
         calibration_method=calibration_method, calibration_limit=calibration_limit, preprocessing=preprocessing,
         eval=eval_path, output=output, batch_size=batch_size, dump_ir=dump_ir, io_layout=io_layout,
-        int8_ops=tuple(op.strip() for op in int8_ops.split(",") if op.strip()),
+        int8_ops=tuple(op.strip() for op in int8_ops.split(",") if op.strip()), plan=plan_path,
     )
     with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = None

@@ -21,7 +21,7 @@ import numpy as np
 
 from edgecomp import __version__
 from edgecomp.backend import LowerOptions
-from edgecomp.errors import BudgetError, CalibrationDataError, OutputError, UnsupportedError
+from edgecomp.errors import BudgetError, CalibrationDataError, OutputError, PlanError, UnsupportedError
 from edgecomp.ir.load import load_model, to_bytes
 from edgecomp.ir.run import make_session
 from edgecomp.passes.base import IRDump, PassManager, PassTiming
@@ -30,6 +30,7 @@ from edgecomp.passes.quantize import metrics
 from edgecomp.passes.quantize.calibration_data import ImagePreprocessing, input_specs, open_dataset
 from edgecomp.passes.quantize.observers import METHODS
 from edgecomp.passes.quantize.plan import QuantizationPlan
+from edgecomp.passes.quantize.plan_file import read_plan
 from edgecomp.passes.quantize.qat import has_qdq, plan_from_qdq
 from edgecomp.plugins import get_backend
 from edgecomp.targets import get_target
@@ -56,6 +57,8 @@ class CompileOptions:
             scales the model carries), or ``auto`` (``qat`` when the model carries QDQ nodes, else
             ``naive``).
         int8_ops: operator types run in INT8 by ``hybrid`` (default Conv, Gemm, MatMul).
+        plan: a user-edited quantization plan JSON (node precisions, per-tensor methods or fixed
+            parameters; see :mod:`edgecomp.passes.quantize.plan_file`) applied by naive/hybrid.
         calibration: calibration data (``.npz``, ``.npy`` folder, image folder, ``test_data_set_*``).
         calibration_method: ``minmax``, ``percentile``, ``entropy`` or ``mse``.
         calibration_limit: use at most this many calibration samples (None: all).
@@ -83,6 +86,7 @@ class CompileOptions:
     dump_ir: str | None = None
     io_layout: str | None = None
     int8_ops: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
+    plan: str | None = None
 
 
 @dataclasses.dataclass
@@ -246,7 +250,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     target = get_target(options.target)
     backend = get_backend(options.backend or target.default_backend)
     output_dir = pathlib.Path(options.output) if options.output else pathlib.Path(f"{model_path.stem}-{target.name}")
-    _check_output(output_dir, [p for p in (options.model, options.calibration, options.eval, options.preprocessing, options.target) if p and os.path.exists(p)])
+    _check_output(output_dir, [p for p in (options.model, options.calibration, options.eval, options.preprocessing, options.target, options.plan) if p and os.path.exists(p)])
     model = load_model(model_path)
     input_bytes = model_path.stat().st_size
     mode = options.quantize
@@ -273,6 +277,11 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         raise UnsupportedError(f"backend {backend.name!r} cannot lower node {first.node!r} ({first.op_type}) for target {target.name!r}: {first.reason}{more}")
     lap("support")
 
+    plan_request = None
+    if options.plan:
+        if mode not in CALIBRATED_MODES:
+            raise PlanError(f"{options.plan}: a plan file applies to --quantize naive or hybrid, not {mode}")
+        plan_request = read_plan(options.plan, model)  # before any calibration work
     specs = input_specs(model)
     preprocessing = ImagePreprocessing.from_file(options.preprocessing) if options.preprocessing else None
     eval_data = _open_data("--eval", options.eval, specs, preprocessing) if options.eval else None  # fail fast
@@ -306,8 +315,12 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
                 progress("calibrate", done, total)
 
         choose = hybrid_chooser(options.int8_ops) if mode == "hybrid" else None
+        tensor_methods, fixed_params = {}, {}
+        if plan_request is not None:
+            choose, tensor_methods, fixed_params = plan_request.choose, plan_request.tensor_methods, plan_request.fixed_params
         quantizer = Int8QuantizationPass(
-            calibration.batches(options.batch_size), method=options.calibration_method, choose=choose, mode=mode, progress=tick
+            calibration.batches(options.batch_size), method=options.calibration_method, choose=choose,
+            tensor_methods=tensor_methods, fixed_params=fixed_params, mode=mode, progress=tick,
         )
         model = PassManager([quantizer], instruments)(model).model
         plan = quantizer.plan

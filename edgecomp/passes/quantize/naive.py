@@ -143,6 +143,7 @@ def quantize_int8(
     method: str = "minmax",
     choose: NodeChooser | None = None,
     tensor_methods: Mapping[str, str] | None = None,
+    fixed_params: Mapping[str, tuple[float, int]] | None = None,
     mode: str = "naive",
     progress: Callable[[int], None] | None = None,
 ) -> QuantizationPlan:
@@ -154,6 +155,7 @@ def quantize_int8(
         method: default activation calibration method (``minmax``, ``percentile``, ``entropy``, ``mse``).
         choose: keeps chosen nodes in float (see :func:`select_int8_nodes`); None: all int8.
         tensor_methods: per activation tensor name, a calibration method overriding ``method``.
+        fixed_params: per activation tensor name, (scale, zero point) to use instead of calibrating.
         mode: the plan's mode name (``naive``, ``hybrid``, ``selective``).
         progress: called with the sample count of each calibration batch.
 
@@ -167,6 +169,7 @@ def quantize_int8(
     original_order = list(graph)
     int8_nodes, reasons = select_int8_nodes(model, choose)
     tensor_methods = dict(tensor_methods or {})
+    fixed_params = dict(fixed_params or {})
     fused = _fused_activations(int8_nodes)
     fused_outputs = {producer.outputs[0] for producer in fused.values()}
 
@@ -175,11 +178,13 @@ def quantize_int8(
     for node in int8_nodes:
         for value in _data_inputs(node):
             if value not in source and value not in fused_outputs:
-                source[value] = ("calibrate", value.name)
+                source[value] = ("fixed", fixed_params[value.name]) if value.name in fixed_params else ("calibrate", value.name)
         for value in node.outputs:
             if value in fused_outputs:
                 continue
-            if node.op_type in FIXED_OUTPUT_PARAMS:
+            if value.name in fixed_params:
+                source[value] = ("fixed", fixed_params[value.name])
+            elif node.op_type in FIXED_OUTPUT_PARAMS:
                 source[value] = ("fixed", FIXED_OUTPUT_PARAMS[node.op_type])
             elif node.op_type in SHARES_INPUT_PARAMS:
                 source[value] = ("shared", _data_inputs(node)[0])
