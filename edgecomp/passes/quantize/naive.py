@@ -42,6 +42,9 @@ SHARES_INPUT_PARAMS = frozenset({"MaxPool", "AveragePool", "Reshape", "Flatten",
 FIXED_OUTPUT_PARAMS = {"Softmax": (1.0 / 256.0, -128), "Sigmoid": (1.0 / 256.0, -128), "Tanh": (1.0 / 128.0, 0)}
 ACTIVATION_FUSING_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})
 BIAS_INPUT = {"Conv": 2, "ConvTranspose": 2, "Gemm": 2}
+# Operators whose constant float inputs are data combined with the activations (quantized as int8
+# constants); other ops' constant inputs are parameters that stay as they are.
+CONSTANT_OPERAND_OPS = frozenset({"Add", "Sub", "Mul", "Concat"})
 
 
 def weight_axis(node: ir.Node) -> int | None:
@@ -230,8 +233,10 @@ def quantize_int8(
                 weight_scales[node] = np.asarray(entry.scale, dtype=np.float32)
             elif index == BIAS_INPUT.get(node.op_type):
                 continue  # after the weight, which gives its scale
-            else:
+            elif node.op_type in CONSTANT_OPERAND_OPS:
                 entry = quantize_constant(graph, node, index)
+            else:
+                continue  # a parameter, not data: Pad's constant_value, Clip's min/max, Resize's scales
             tensors.append(entry)
         bias_index = BIAS_INPUT.get(node.op_type)
         if bias_index is not None and len(node.inputs) > bias_index and _is_float(node.inputs[bias_index]) and _is_constant(node.inputs[bias_index]) and node in weight_scales:
