@@ -61,6 +61,8 @@ class LowerOptions:
         io_layout: layout of 4-D graph inputs/outputs in the artifact: None keeps the ONNX model's
             layout, ``"nchw"`` or ``"nhwc"`` asks for that layout (backends whose runtime has a
             native layout, e.g. TFLite's NHWC, honour it; others report it unsupported).
+        quantization_plan: the plan JSON text, for backends that embed it as metadata; None when
+            the compile does not quantize.
         get_backend: looks up another registered backend by name (the ``c-array`` backend embeds
             another backend's artifact).
     """
@@ -70,6 +72,7 @@ class LowerOptions:
     reference_outputs: Sequence[Sequence[np.ndarray]] = ()
     model_name: str = "model"
     io_layout: str | None = None
+    quantization_plan: str | None = None
     get_backend: Callable[[str], "Backend"] | None = None
 
 
@@ -110,7 +113,12 @@ class Backend(Protocol):
     description: str
 
     def support(self, model: "ir.Model", target: "Target") -> SupportReport:
-        """List every node of ``model`` this backend cannot lower for ``target``. Does no work."""
+        """List every node of ``model`` this backend cannot lower for ``target``. Does no work.
+
+        A backend may also accept a keyword ``quantize`` (the quantization mode about to be applied:
+        ``none``, ``naive``, ``hybrid``, ``dynamic``, ``qat``) to refuse a mode before calibration;
+        the pipeline passes it only to ``support`` methods that declare it.
+        """
 
     def legalize(self, target: "Target") -> list[Any]:
         """Passes (``onnx_ir.passes.PassBase``) to run on the quantized IR before :meth:`lower`."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import inspect
 import logging
 import os
 import pathlib
@@ -185,6 +186,14 @@ def _refresh_plan(plan: QuantizationPlan, model, backend_name: str) -> Quantizat
     return dataclasses.replace(plan, tensors=tuple(tensors), notes=(*plan.notes, note))
 
 
+def _support(backend, model, target, mode: str):
+    """``backend.support``, telling it the quantization mode when its ``support`` takes a ``quantize``
+    keyword (an optional extension of the contract, so older backends keep working)."""
+    if "quantize" in inspect.signature(backend.support).parameters:
+        return backend.support(model, target, quantize=mode)
+    return backend.support(model, target)
+
+
 def _open_data(option: str, path: str, specs, preprocessing, limit: int | None = None):
     """open_dataset, with the command-line option the data came from in any error message."""
     try:
@@ -270,7 +279,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     reference_bytes = to_bytes(model)
     lap("canonicalize")
 
-    support = backend.support(model, target)
+    support = _support(backend, model, target, mode)
     if not support.ok:
         first = support.unsupported[0]
         more = f" (and {len(support.unsupported) - 1} more)" if len(support.unsupported) > 1 else ""
@@ -290,8 +299,10 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     calibration = None
     if options.calibration:
         calibration = _open_data("--calibration", options.calibration, specs, preprocessing, options.calibration_limit)
+    verification_source = calibration if calibration is not None else eval_data  # else --eval data verifies
+    if verification_source is not None:
         taken = 0
-        for batch in calibration.batches(options.batch_size):
+        for batch in verification_source.batches(options.batch_size):
             verification_inputs.append(batch)
             taken += len(next(iter(batch.values())))
             if taken >= VERIFICATION_SAMPLES:
@@ -344,6 +355,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             model_name=model_path.stem,
             get_backend=get_backend,
             io_layout=options.io_layout,
+            quantization_plan=plan.to_json() if plan is not None else None,
         ),
     )
     lap("lower")

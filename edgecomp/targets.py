@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 from typing import Any
 
 from edgecomp.errors import TargetError

@@ -151,6 +151,9 @@ class BackendConformance:
             float_outputs = tuple(tuple(float_session.run(None, dict(batch))) for batch in batches)
             if quantize == "naive":
                 quantize_naive(model, batches, "minmax")
+            legalize = backend.legalize(target)
+            if legalize:
+                model = PassManager(legalize)(model).model  # as the pipeline does before lowering
             options = LowerOptions(
                 quantize=quantize, verification_inputs=tuple(batches), reference_outputs=float_outputs,
                 model_name=model_path.stem, get_backend=get_backend,
