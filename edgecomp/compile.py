@@ -32,7 +32,7 @@ from edgecomp.passes.quantize.calibration_data import ImagePreprocessing, input_
 from edgecomp.passes.quantize.observers import METHODS
 from edgecomp.passes.quantize.plan import QuantizationPlan
 from edgecomp.passes.quantize.plan_file import read_plan
-from edgecomp.passes.quantize.qat import has_qdq, plan_from_qdq
+from edgecomp.passes.quantize.qat import complete_qat, has_qdq, plan_from_qdq
 from edgecomp.plugins import get_backend
 from edgecomp.targets import get_target
 
@@ -186,6 +186,11 @@ def _refresh_plan(plan: QuantizationPlan, model, backend_name: str) -> Quantizat
     return dataclasses.replace(plan, tensors=tuple(tensors), notes=(*plan.notes, note))
 
 
+def _has_float_parts(model) -> bool:
+    """True when a Conv/Gemm/MatMul of a QDQ model runs in float (a mixed QAT model)."""
+    return any(entry.precision == "fp32" and entry.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") for entry in plan_from_qdq(model).nodes)
+
+
 def _support(backend, model, target, mode: str):
     """``backend.support``, telling it the quantization mode when its ``support`` takes a ``quantize``
     keyword (an optional extension of the contract, so older backends keep working)."""
@@ -307,7 +312,9 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             taken += len(next(iter(batch.values())))
             if taken >= VERIFICATION_SAMPLES:
                 break
-    if mode == "qat":
+    if mode == "qat" and calibration is not None and _has_float_parts(model):
+        plan = complete_qat(model, calibration.batches(options.batch_size), options.calibration_method)
+    elif mode == "qat":
         plan = plan_from_qdq(model)
     elif mode == "dynamic":
         from edgecomp.passes.quantize.naive import quantize_weights_only

@@ -59,3 +59,38 @@ def test_kws_qat_output_equals_the_official_int8_result(tmp_path):
 def test_qat_on_a_float_model_is_refused(tmp_path):
     with pytest.raises(UnsupportedError, match="--quantize qat needs a model with QuantizeLinear/DequantizeLinear"):
         compile_model(CompileOptions(model=str(MNIST_MODEL), target="host-x86_64", quantize="qat", output=str(tmp_path / "o")))
+
+
+def test_mixed_model_calibrates_only_its_float_parts(tmp_path, mnist_small_calib):
+    """A QDQ model whose final dense layer was left in float: the Gemm is quantized, every other scale kept."""
+    import onnx_ir as ir
+
+    from edgecomp.ir.load import load_model
+
+    compile_model(CompileOptions(model=str(MNIST_MODEL), target="host-x86_64", calibration=str(mnist_small_calib), output=str(tmp_path / "qdq")))
+    model = load_model(tmp_path / "qdq" / "mnist-8.onnx")
+    gemm = next(node for node in model.graph if node.op_type == "Gemm")
+    for index in (1, 2):  # weight and bias back to float
+        dequantize = gemm.inputs[index].producer()
+        data, scale = dequantize.inputs[0].const_value.numpy(), dequantize.inputs[1].const_value.numpy()
+        value = ir.Value(name=f"float_{index}", const_value=ir.tensor((data * scale).astype(np.float32), name=f"float_{index}"))
+        model.graph.register_initializer(value)
+        gemm.replace_input_with(index, value)
+        model.graph.remove(dequantize, safe=True)
+    quantize = next(use.node for use in gemm.outputs[0].uses())
+    dequantize = next(use.node for use in quantize.outputs[0].uses())
+    dequantize.outputs[0].replace_all_uses_with(gemm.outputs[0], replace_graph_outputs=True)
+    for node in (dequantize, quantize):
+        model.graph.remove(node, safe=True)
+    mixed = tmp_path / "mixed.onnx"
+    ir.save(model, mixed)
+    before = {k: v for k, v in qdq_parameters(mixed).items()}
+
+    result = compile_model(CompileOptions(model=str(mixed), target="host-x86_64", calibration=str(mnist_small_calib), output=str(tmp_path / "out")))
+    assert result.report["quantize"] == "qat"
+    assert {n.name: n.precision for n in result.plan.nodes}["Times212"] == "int8"
+    after = qdq_parameters(tmp_path / "out" / "mixed.onnx")
+    for name, parameters in before.items():
+        assert after[name] == parameters, name  # every Q/DQ of the input kept exactly
+    assert len(after) == len(before) + 4  # the Gemm's weight and bias DQ, its output Q and DQ; none on its DQ'd input
+    assert "calibrated" in result.plan.notes[0]

@@ -243,6 +243,9 @@ def quantize_int8(
             input_scale = params[node.inputs[0]][0]
             tensors.append(quantize_bias(graph, node, bias_index, input_scale, weight_scales[node]))
     for value, (scale, zero_point, how, clip_range) in params.items():
+        producer = value.producer()
+        if producer is not None and producer.op_type == "DequantizeLinear":
+            continue  # already the output of a DequantizeLinear (a QDQ input model): nothing to insert
         tensors.append(
             TensorPlan(value.name, "activation", "int8", "per-tensor", None, (float(np.float32(scale)),), (int(zero_point),), how, clip_range)
         )

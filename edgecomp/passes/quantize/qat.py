@@ -48,7 +48,8 @@ def _role(dequantize: ir.Node) -> str:
 def plan_from_qdq(model: ir.Model) -> QuantizationPlan:
     """The quantization plan a QDQ model carries: every Q/DQ's scale, zero point and axis, unchanged.
 
-    Nodes fed by a DequantizeLinear are ``int8`` (they run on quantized inputs), the rest ``fp32``.
+    Nodes the model quantizes (weights through a DequantizeLinear, or outputs only into
+    QuantizeLinear) are ``int8``, the rest ``fp32``.
     Activations are named by the tensor a QuantizeLinear quantizes, or by the int8 graph input a
     DequantizeLinear reads; constants by their initializer.
 
@@ -74,9 +75,60 @@ def plan_from_qdq(model: ir.Model) -> QuantizationPlan:
             granularity = "per-channel" if axis is not None else "per-tensor"
             tensors.setdefault(data.name, TensorPlan(data.name, role, dtype, granularity, axis, scale, zero_point, KEPT))
             continue
-        quantized_inputs = any(v is not None and v.producer() is not None and v.producer().op_type == "DequantizeLinear" for v in node.inputs)
-        if quantized_inputs:
+        if _already_quantized(node):
             nodes.append(NodePlan(node.name, node.op_type, "int8", f"quantized in the input model (QAT or pre-quantized): scales {KEPT}"))
         else:
             nodes.append(NodePlan(node.name, node.op_type, "fp32", "float in the input model"))
     return QuantizationPlan("qat", "none (scales kept)", 0, tuple(nodes), tuple(sorted(tensors.values(), key=lambda t: t.name)))
+
+
+def _is_dequantized(value: ir.Value | None) -> bool:
+    return value is not None and value.producer() is not None and value.producer().op_type == "DequantizeLinear"
+
+
+def _already_quantized(node: ir.Node) -> bool:
+    """The input model quantizes this node: its weight comes through a DequantizeLinear (Conv, Gemm,
+    MatMul), or every output goes only to QuantizeLinear nodes."""
+    if node.op_type in WEIGHT_OPS and len(node.inputs) > 1:
+        return _is_dequantized(node.inputs[1])
+    uses = [use for output in node.outputs for use in output.uses()]
+    return bool(uses) and all(use.node.op_type == "QuantizeLinear" for use in uses)
+
+
+def _dequantized_parameters(model: ir.Model) -> dict[str, tuple[float, int]]:
+    """Per-tensor parameters of every activation a DequantizeLinear produces (to reuse, never recalibrate)."""
+    found = {}
+    for node in model.graph:
+        if node.op_type == "DequantizeLinear" and node.inputs[0].const_value is None and node.inputs[1].const_value is not None:
+            scale, zero_point, axis = _parameters(node)
+            if axis is None:
+                found[node.outputs[0].name] = (scale[0], zero_point[0])
+    return found
+
+
+def complete_qat(model: ir.Model, batches, method: str = "minmax", progress=None) -> QuantizationPlan:
+    """Mixed models: keep every Q/DQ the model carries and quantize only its float parts.
+
+    Nodes fed by a DequantizeLinear are left as they are (their scales are kept exactly); the
+    remaining quantizable float nodes are quantized like naive INT8, calibrated on ``batches``.
+    Modifies ``model`` in place.
+
+    Returns:
+        The plan: the kept entries of :func:`plan_from_qdq` plus the newly calibrated ones.
+    """
+    from edgecomp.passes.quantize.naive import quantize_int8
+
+    kept = plan_from_qdq(model)
+    added = quantize_int8(
+        model, batches, method=method, mode="qat",
+        choose=lambda node: f"quantized in the input model: scales {KEPT}" if _already_quantized(node) else None,
+        fixed_params=_dequantized_parameters(model),
+        progress=progress,
+    )
+    precision = {entry.name: entry for entry in added.nodes if entry.precision == "int8"}
+    nodes = tuple(precision.get(entry.name, entry) if entry.precision == "fp32" else entry for entry in kept.nodes)
+    tensors = {entry.name: entry for entry in added.tensors}
+    tensors.update({entry.name: entry for entry in kept.tensors})  # the model's own parameters win
+    newly = sum(1 for entry in nodes if entry.name in precision)
+    return QuantizationPlan("qat", method, added.calibration_samples, nodes, tuple(sorted(tensors.values(), key=lambda t: t.name)),
+                            (f"{newly} float nodes of the input model calibrated ({method}); every Q/DQ it carried kept",))
