@@ -92,6 +92,21 @@ def _print_report(report: dict[str, Any]) -> None:
     for entry in report["artifacts"]:
         artifacts.add_row(entry["path"], f"{entry['bytes']:,}", entry["sha256"][:16])
     stdout.print(artifacts)
+    selective = report.get("selective")
+    if selective:
+        table = Table(title=f"selective: layer sensitivity (all-int8 SQNR {selective['all_int8_sqnr_db']:.2f} dB); chart in sensitivity.png")
+        for column in ("node", "op", "only this int8 (dB)", "all but this (dB)", "gain (dB)", "kept float"):
+            table.add_column(column)
+        floated = set(selective["float_nodes"])
+        for row in selective["sensitivity"]:
+            table.add_row(row["node"], row["op_type"], _format(row["only_this_int8_db"]), _format(row["all_but_this_db"]), _format(row["gain_db"]), "yes" if row["node"] in floated else "")
+        stdout.print(table)
+        search = Table(title=f"selective: search for {selective['goal']}")
+        for column in ("float layers", "SQNR (dB)", "accuracy", "meets goal"):
+            search.add_column(column)
+        for step in selective["search"]:
+            search.add_row(", ".join(step["float_layers"]) or "-", _format(step["sqnr_db"]), _format(step["accuracy"]), str(step["meets_goal"]))
+        stdout.print(search)
     evaluation = report.get("evaluation")
     if evaluation:
         table = Table(title=f"FP32 vs compiled on {evaluation['samples']} evaluation samples")
@@ -114,12 +129,17 @@ def _print_report(report: dict[str, Any]) -> None:
 @click.option("-t", "--target", required=True, help="Target name (see `edgecomp targets`) or path to a target .toml.")
 @click.option("-b", "--backend", default=None, help="Backend name (see `edgecomp plugins`); default: the target's default_backend.")
 @click.option(
-    "-q", "--quantize", type=click.Choice(["auto", "none", "naive", "hybrid", "dynamic", "qat"]), default="auto", show_default=True,
+    "-q", "--quantize", type=click.Choice(["auto", "none", "naive", "hybrid", "selective", "dynamic", "qat"]), default="auto", show_default=True,
     help="none: float32; naive: every quantizable operator INT8 (needs --calibration); hybrid: INT8 for --int8-ops, "
-    "the rest float32 (needs --calibration); dynamic: INT8 weights, float activations; qat: keep the QDQ scales "
+    "the rest float32 (needs --calibration); selective: per-tensor calibration method, sensitivity analysis, the most "
+    "sensitive layers in float until --min-sqnr/--max-accuracy-drop is met; dynamic: INT8 weights, float activations; qat: keep the QDQ scales "
     "a QAT or pre-quantized model carries; auto: qat for models with QuantizeLinear/DequantizeLinear, else naive.",
 )
 @click.option("--int8-ops", default="Conv,Gemm,MatMul", show_default=True, help="Comma-separated operator types run in INT8 by -q hybrid.")
+@click.option("--equalize", is_flag=True, help="Cross-layer equalization before quantizing (Nagel et al. 2019).")
+@click.option("--bias-correction", is_flag=True, help="Empirical bias correction after quantizing (Nagel et al. 2019).")
+@click.option("--min-sqnr", "min_sqnr_db", type=float, default=None, help="-q selective goal: output SQNR vs FP32 (dB) on the calibration data.")
+@click.option("--max-accuracy-drop", type=float, default=None, help="-q selective goal: accuracy drop vs FP32 in percentage points on labelled --eval data.")
 @click.option("--plan", "plan_path", type=click.Path(), default=None, help="Apply a (user-edited) quantization_plan.json: node precisions, per-tensor methods or fixed parameters.")
 @click.option("--calibration", type=click.Path(), default=None, help="Calibration data: .npz, folder of .npy, image folder, or test_data_set_* folders.")
 @click.option("--calibration-method", type=click.Choice(["minmax", "percentile", "entropy", "mse"]), default="minmax", show_default=True, help="How activation ranges are chosen from the calibration data.")
@@ -131,7 +151,7 @@ def _print_report(report: dict[str, Any]) -> None:
 @click.option("--dump-ir", type=click.Path(file_okay=False), default=None, help="Write the model after every pass to this folder.")
 @click.option("--io-layout", type=click.Choice(["nchw", "nhwc"]), default=None, help="Layout of 4-D inputs/outputs in the artifact (default: the ONNX model's).")
 @click.option("--json", "as_json", is_flag=True, help="Print the compile report as JSON on stdout.")
-def compile_command(model, target, backend, quantize, int8_ops, plan_path, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, io_layout, as_json) -> None:
+def compile_command(model, target, backend, quantize, int8_ops, equalize, bias_correction, min_sqnr_db, max_accuracy_drop, plan_path, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, io_layout, as_json) -> None:
     """Compile MODEL (ONNX) for a target and write the artifacts and quantization plan."""
     from rich.progress import Progress
 
@@ -142,6 +162,7 @@ def compile_command(model, target, backend, quantize, int8_ops, plan_path, calib
         calibration_method=calibration_method, calibration_limit=calibration_limit, preprocessing=preprocessing,
         eval=eval_path, output=output, batch_size=batch_size, dump_ir=dump_ir, io_layout=io_layout,
         int8_ops=tuple(op.strip() for op in int8_ops.split(",") if op.strip()), plan=plan_path,
+        min_sqnr_db=min_sqnr_db, max_accuracy_drop=max_accuracy_drop, equalize=equalize, bias_correction=bias_correction,
     )
     with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
         task = None
@@ -153,6 +174,8 @@ def compile_command(model, target, backend, quantize, int8_ops, plan_path, calib
             bar.update(task, completed=done)
 
         result = compile_model(options, progress)
+    for warning in result.report.get("warnings", []):
+        click.echo(f"edgecomp: warning: {warning['node']}: {warning['kind']}: {warning['message']}", err=True)
     if as_json:
         click.echo(json.dumps(result.report, indent=2, sort_keys=True, default=str))
     else:

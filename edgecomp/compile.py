@@ -19,15 +19,17 @@ import time
 from typing import Any, Callable
 
 import numpy as np
+import onnx_ir as ir
 
 from edgecomp import __version__
 from edgecomp.backend import LowerOptions
 from edgecomp.errors import BudgetError, CalibrationDataError, OutputError, PlanError, UnsupportedError
-from edgecomp.ir.load import load_model, to_bytes
+from edgecomp.ir.load import load_model, to_bytes, to_proto
 from edgecomp.ir.run import make_session
 from edgecomp.passes.base import IRDump, PassManager, PassTiming
 from edgecomp.passes.canonicalize import canonicalization_passes
 from edgecomp.passes.quantize import metrics
+from edgecomp.passes.quantize.friendliness import check_model
 from edgecomp.passes.quantize.calibration_data import ImagePreprocessing, input_specs, open_dataset
 from edgecomp.passes.quantize.observers import METHODS
 from edgecomp.passes.quantize.plan import QuantizationPlan
@@ -38,8 +40,9 @@ from edgecomp.targets import get_target
 
 logger = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("auto", "none", "naive", "hybrid", "dynamic", "qat")
-CALIBRATED_MODES = ("naive", "hybrid")
+QUANTIZE_MODES = ("auto", "none", "naive", "hybrid", "selective", "dynamic", "qat")
+CALIBRATED_MODES = ("naive", "hybrid", "selective")
+SENSITIVITY_CHART = "sensitivity.png"
 PLAN_FILE = "quantization_plan.json"
 VERIFICATION_SAMPLES = 32
 
@@ -58,6 +61,12 @@ class CompileOptions:
             scales the model carries), or ``auto`` (``qat`` when the model carries QDQ nodes, else
             ``naive``).
         int8_ops: operator types run in INT8 by ``hybrid`` (default Conv, Gemm, MatMul).
+        min_sqnr_db: ``selective``: keep the most sensitive layers in float until the output SQNR
+            vs FP32 on the calibration data reaches this many dB.
+        max_accuracy_drop: ``selective``: ... until FP32 accuracy minus compiled accuracy on the
+            labelled ``eval`` data is at most this many percentage points.
+        equalize: cross-layer equalization before quantizing (Nagel et al. 2019, section 4.1).
+        bias_correction: empirical bias correction after quantizing (Nagel et al. 2019, section 4.2).
         plan: a user-edited quantization plan JSON (node precisions, per-tensor methods or fixed
             parameters; see :mod:`edgecomp.passes.quantize.plan_file`) applied by naive/hybrid.
         calibration: calibration data (``.npz``, ``.npy`` folder, image folder, ``test_data_set_*``).
@@ -88,6 +97,10 @@ class CompileOptions:
     io_layout: str | None = None
     int8_ops: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
     plan: str | None = None
+    min_sqnr_db: float | None = None
+    max_accuracy_drop: float | None = None
+    equalize: bool = False
+    bias_correction: bool = False
 
 
 @dataclasses.dataclass
@@ -282,6 +295,19 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     canonical = PassManager(canonicalization_passes(fold_weight_dequantize=mode == "none"), instruments)(model)
     model = canonical.model
     reference_bytes = to_bytes(model)
+    if (options.equalize or options.bias_correction) and mode not in ("naive", "hybrid", "selective", "dynamic"):
+        raise UnsupportedError(f"--equalize and --bias-correction apply to naive, hybrid, selective (and dynamic for --equalize), not {mode}")
+    if options.bias_correction and mode == "dynamic":
+        raise UnsupportedError("--bias-correction needs quantized activations; -q dynamic quantizes weights only")
+    if options.equalize:
+        from edgecomp.passes.quantize.equalization import CrossLayerEqualizationPass
+
+        equalizer = CrossLayerEqualizationPass()
+        model = PassManager([equalizer], instruments)(model).model
+        extra_report_early = {"equalization": equalizer.report.to_dict()}
+    else:
+        extra_report_early = {}
+    float_model = ir.serde.deserialize_model(to_proto(model))  # bias correction and friendliness checks
     lap("canonicalize")
 
     support = _support(backend, model, target, mode)
@@ -291,9 +317,13 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         raise UnsupportedError(f"backend {backend.name!r} cannot lower node {first.node!r} ({first.op_type}) for target {target.name!r}: {first.reason}{more}")
     lap("support")
 
+    if (options.min_sqnr_db is not None or options.max_accuracy_drop is not None) and mode != "selective":
+        raise UnsupportedError(f"--min-sqnr and --max-accuracy-drop are goals of --quantize selective, not {mode}")
+    extra_files: dict[str, bytes] = {}
+    extra_report: dict[str, Any] = dict(extra_report_early)
     plan_request = None
     if options.plan:
-        if mode not in CALIBRATED_MODES:
+        if mode not in ("naive", "hybrid"):
             raise PlanError(f"{options.plan}: a plan file applies to --quantize naive or hybrid, not {mode}")
         plan_request = read_plan(options.plan, model)  # before any calibration work
     specs = input_specs(model)
@@ -332,6 +362,21 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             if progress is not None:
                 progress("calibrate", done, total)
 
+        if mode == "selective":
+            from edgecomp.passes.quantize.selective import SelectiveQuantizationPass
+            from edgecomp.report_plots import sensitivity_bar_chart
+
+            labelled = eval_data is not None and eval_data.labels is not None
+            quantizer = SelectiveQuantizationPass(
+                calibration.batches(options.batch_size), min_sqnr_db=options.min_sqnr_db, max_accuracy_drop=options.max_accuracy_drop,
+                eval_batches=list(eval_data.batches(options.batch_size)) if labelled else None,
+                eval_labels=eval_data.labels if labelled else None, compare_uniform_methods=True, progress=tick,
+            )
+            model = PassManager([quantizer], instruments)(model).model
+            plan, selective = quantizer.plan, quantizer.result
+            extra_files[SENSITIVITY_CHART] = sensitivity_bar_chart(selective.sensitivities, None, all_int8_db=selective.all_int8_sqnr_db)
+            extra_report["selective"] = selective.report()
+    if mode in ("naive", "hybrid"):
         choose = hybrid_chooser(options.int8_ops) if mode == "hybrid" else None
         tensor_methods, fixed_params = {}, {}
         if plan_request is not None:
@@ -342,6 +387,18 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         )
         model = PassManager([quantizer], instruments)(model).model
         plan = quantizer.plan
+    if options.bias_correction and plan is not None:
+        from edgecomp.passes.quantize.bias_correction import BiasCorrectionPass
+
+        corrector = BiasCorrectionPass(float_model, list(calibration.batches(options.batch_size)))
+        model = PassManager([corrector], instruments)(model).model
+        extra_report["bias_correction"] = {name: c.to_dict() for name, c in corrector.corrections.items()}
+        plan = dataclasses.replace(plan, notes=(*plan.notes, f"bias correction (Nagel et al. 2019, section 4.2, output error): {len(corrector.corrections)} int32 biases corrected"))
+    if options.equalize and plan is not None:
+        pairs = len(extra_report["equalization"].get("pairs", []))
+        plan = dataclasses.replace(plan, notes=(*plan.notes, f"cross-layer equalization (Nagel et al. 2019, section 4.1) on {pairs} layer pairs before quantizing"))
+    ranges = {t.name: t.range for t in plan.tensors if t.range} if plan is not None else None
+    warnings = [dataclasses.asdict(w) for w in check_model(float_model, ranges or None)]
     lap("quantize")
 
     legalize = backend.legalize(target)
@@ -382,6 +439,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
 
     files = dict(artifact.files)
     files[OUTPUT_MARKER] = OUTPUT_MARKER_TEXT
+    files.update(extra_files)
     if plan is not None:
         files[PLAN_FILE] = plan.to_json().encode()
     write_atomically(output_dir, files)
@@ -401,5 +459,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         "passes": [{"pass": name, "seconds": round(seconds, 4), "modified": modified} for name, seconds, modified in instruments[0].records],
         "backend_metadata": artifact.metadata,
         "evaluation": evaluation,
+        "warnings": warnings,
+        **extra_report,
     }
     return CompileResult(report, output_dir, plan)

@@ -301,7 +301,6 @@ def hybrid_chooser(int8_ops: Iterable[str] = HYBRID_DEFAULT_OPS, int8_nodes: Ite
         if node.op_type == "Relu" and chosen(node.inputs[0].producer()):
             return None  # fused into its int8 producer: the producer's output clamps at zero
         return f"hybrid: {node.op_type} is not among the int8 operator types ({', '.join(sorted(ops))}) or nodes"
-        return f"hybrid: {node.op_type} is not among the int8 operator types ({', '.join(sorted(ops))}) or nodes"
 
     return choose
 
