@@ -39,7 +39,7 @@ import onnx_ir as ir
 
 from edgecomp.errors import CalibrationDataError
 from edgecomp.ir.load import to_bytes
-from edgecomp.ir.run import make_session
+from edgecomp.ir.run import make_session, run_batches
 from edgecomp.passes.quantize import metrics
 from edgecomp.passes.quantize.naive import (
     FIXED_OUTPUT_PARAMS,
@@ -100,17 +100,6 @@ def _stack(batches: Sequence[Batch], chunk: int) -> list[dict[str, np.ndarray]]:
     whole = {name: np.concatenate([np.asarray(b[name]) for b in batches], axis=0) for name in names}
     total = len(whole[names[0]])
     return [{name: array[start : start + chunk] for name, array in whole.items()} for start in range(0, total, chunk)]
-
-
-def _run(session, batches: Sequence[Batch]) -> list[np.ndarray]:
-    collected: list[list[np.ndarray]] = []
-    for batch in batches:
-        outputs = session.run(None, dict(batch))
-        if not collected:
-            collected = [[] for _ in outputs]
-        for store, array in zip(collected, outputs):
-            store.append(array)
-    return [np.concatenate(parts, axis=0) for parts in collected]
 
 
 def _batch_dynamic_copy(model: ir.Model) -> ir.Model | None:
@@ -189,7 +178,7 @@ class VariantEvaluator:
             self.eval_samples = sum(len(next(iter(b.values()))) for b in eval_list)
             if self.eval_samples != len(self._labels):
                 raise CalibrationDataError(f"evaluation data has {self.eval_samples} samples but {len(self._labels)} labels")
-            reference = _run(make_session(self._float_model, optimize=False), self._eval_inputs)
+            reference = run_batches(make_session(self._float_model, optimize=False), self._eval_inputs)
             self.fp32_accuracy = metrics.accuracy(reference[0], self._labels)
         self._cache: dict[frozenset[str], Measurement] = {}
         self.variants_built = 0
@@ -207,8 +196,8 @@ class VariantEvaluator:
             return model.clone(), False
         probe = batches[: min(4, len(batches))]
         try:
-            expected = _run(make_session(model, optimize=False), probe)
-            actual = _run(make_session(copy, optimize=False), _stack(probe, len(probe)))
+            expected = run_batches(make_session(model, optimize=False), probe)
+            actual = run_batches(make_session(copy, optimize=False), _stack(probe, len(probe)))
         except Exception as error:  # noqa: BLE001 - ONNX Runtime's errors derive from Exception only; measure batch by batch
             logger.debug("batch-dynamic copy refused (%s); measuring batch by batch", error)
             return model.clone(), False
@@ -287,11 +276,11 @@ class VariantEvaluator:
         session = make_session(to_bytes(variant), optimize=False)
         self.variants_built += 1
         if cached is None:
-            outputs = _run(session, self._inputs)
+            outputs = run_batches(session, self._inputs)
             sqnr = min(metrics.sqnr_db(ref, out) for ref, out in zip(self.calibration.reference_outputs, outputs))
         else:
             sqnr = cached.sqnr_db
-        measured_accuracy = metrics.accuracy(_run(session, self._eval_inputs)[0], self._labels) if wants_accuracy else None
+        measured_accuracy = metrics.accuracy(run_batches(session, self._eval_inputs)[0], self._labels) if wants_accuracy else None
         result = Measurement(sqnr, measured_accuracy)
         self._cache[key] = result
         return result
