@@ -80,6 +80,10 @@ def _print_report(report: dict[str, Any]) -> None:
     sizes = report["sizes"]
     summary.add_row("input model", _bytes(sizes["input_model_bytes"]))
     summary.add_row("flash needed / budget", f"{_bytes(sizes['flash_bytes'])} / {_bytes(sizes['flash_budget_bytes'])}")
+    memory = report.get("memory") or {}
+    if memory:
+        summary.add_row("tensor arena (RAM)", f"{_bytes(memory['arena_bytes'])} planned, lower bound {_bytes(memory['lower_bound_bytes'])}, "
+                        f"TFLite Micro's planner {_bytes(memory['tflm_greedy_bytes'])}; budget {_bytes(memory['ram_budget_bytes'])}")
     if report["calibration"]:
         summary.add_row("calibration", f"{report['calibration']['samples']} samples, {report['calibration']['method']}")
     for key, value in _scalar_rows(report["backend_metadata"], "backend"):

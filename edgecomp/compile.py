@@ -204,6 +204,38 @@ def _has_float_parts(model) -> bool:
     return any(entry.precision == "fp32" and entry.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") for entry in plan_from_qdq(model).nodes)
 
 
+def _plan_memory(model, int8: bool, target) -> dict[str, Any]:
+    """Plan the activation arena of ``model`` (int8 view when quantized) and check the RAM budget.
+
+    Returns:
+        ``lower_bound_bytes``, ``tflm_greedy_bytes`` (TensorFlow Lite Micro's planner on the same
+        buffers), ``arena_bytes`` (edgecomp's plan), ``gap_bytes`` and ``ram_budget_bytes``.
+
+    Raises:
+        BudgetError: the planned arena exceeds the target's RAM budget; the message names both
+            sizes and the tensors alive at the peak step, largest first.
+    """
+    from edgecomp.memory import arena_buffers, best_plan, greedy_by_size, live_bytes
+
+    buffers = arena_buffers(model, int8=int8)
+    if not buffers:
+        return {}
+    plan, greedy = best_plan(buffers), greedy_by_size(buffers)
+    if target.ram_bytes is not None and plan.arena_size > target.ram_bytes:
+        live = live_bytes(buffers)
+        peak = live.index(max(live))
+        at_peak = sorted((b for b in buffers if b.first_step <= peak <= b.last_step), key=lambda b: -b.size)[:3]
+        largest = ", ".join(f"{b.name} ({b.size} B)" for b in at_peak)
+        raise BudgetError(
+            f"activations need a {plan.arena_size}-byte tensor arena; target {target.name!r} has {target.ram_bytes} bytes of RAM "
+            f"(largest tensors alive together: {largest})"
+        )
+    return {
+        "lower_bound_bytes": plan.lower_bound, "tflm_greedy_bytes": greedy.arena_size, "arena_bytes": plan.arena_size,
+        "gap_bytes": plan.arena_size - plan.lower_bound, "ram_budget_bytes": target.ram_bytes, "int8": int8,
+    }
+
+
 def _support(backend, model, target, mode: str):
     """``backend.support``, telling it the quantization mode when its ``support`` takes a ``quantize``
     keyword (an optional extension of the contract, so older backends keep working)."""
@@ -425,6 +457,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     lap("lower")
     if plan is not None and artifact.model is not None:
         plan = _refresh_plan(plan, artifact.model, backend.name)
+    memory = _plan_memory(artifact.model or model, mode != "none", target)
     if target.flash_bytes is not None and artifact.flash_bytes > target.flash_bytes:
         raise BudgetError(
             f"artifact of backend {backend.name!r} needs {artifact.flash_bytes} bytes of flash; target {target.name!r} has {target.flash_bytes}"
@@ -460,6 +493,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         "backend_metadata": artifact.metadata,
         "evaluation": evaluation,
         "warnings": warnings,
+        "memory": memory,
         **extra_report,
     }
     return CompileResult(report, output_dir, plan)

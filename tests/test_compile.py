@@ -106,3 +106,17 @@ def test_float_compile_with_verification_data_checks_the_ort_twin(tmp_path, mnis
     assert metadata["ort_vs_onnx_max_difference"] <= 1.0
     assert metadata["fused_kernel_check"] == "not run: float model"
     assert "weight_range" not in metadata
+
+
+def test_tensor_arena_is_planned_and_checked_against_the_ram_budget(tmp_path, mnist_small_calib):
+    result = compile_model(CompileOptions(model=str(MNIST_MODEL), target="cortex-m4", calibration=str(mnist_small_calib), output=str(tmp_path / "m4")))
+    memory = result.report["memory"]
+    # int8 activations: the 28x28x8 Conv output (6,272 B) and the 14x14x8 pooled map (1,568 B) are the peak pair
+    assert memory["lower_bound_bytes"] == memory["arena_bytes"] == 6272 + 1568
+    assert memory["ram_budget_bytes"] == 196608
+    small = tmp_path / "tiny-ram.toml"
+    text = (pathlib.Path(__file__).resolve().parent.parent / "targets" / "cortex-m4.toml").read_text()
+    small.write_text(text.replace('name = "cortex-m4"', 'name = "tiny-ram"').replace("ram_bytes = 196608", "ram_bytes = 4096"))
+    with pytest.raises(BudgetError, match=r"activations need a 7840-byte tensor arena; target 'tiny-ram' has 4096 bytes of RAM \(largest tensors alive together: .*6272 B"):
+        compile_model(CompileOptions(model=str(MNIST_MODEL), target=str(small), calibration=str(mnist_small_calib), output=str(tmp_path / "out")))
+    assert not (tmp_path / "out").exists()
