@@ -8,6 +8,18 @@ the stored :class:`~edgecomp_tflite.layout.Layout` of each ONNX value, the eleme
 (:mod:`edgecomp_tflite.tensor_types`, the INT8 extension point), layout changes on demand
 (:meth:`LoweringContext.read`: RESHAPE when the flat order allows it, else a counted TRANSPOSE),
 constant operands permuted into the layout their op needs, and activation fusion.
+
+Element types (INT8 lowering, :mod:`edgecomp_tflite.qdq_types`) are handled here too, so op
+lowerings stay the same for float32 and int8: the driver tells the context which node it lowers
+(:attr:`LoweringContext.current_node`); a float node reading an int8 tensor gets a DEQUANTIZE view
+of it (:meth:`LoweringContext.read`, cached like layout views); a quantized constant read by a node
+whose kernel wants float (dynamic range without a hybrid kernel, FP16 weights) is stored quantized
+and read through a DEQUANTIZE; an output that must keep its input's quantization (byte-moving
+TFLite int8 kernels: RESHAPE, pools, CONCATENATION, STRIDED_SLICE, PAD ..., TFLite int8 spec
+"restriction: input and outputs must all have the same scale/zero point") is written with the
+input's parameters and requantized by a QUANTIZE (int8 -> int8) when the model gives it other
+ones (:meth:`LoweringContext.define_output_like`, :meth:`LoweringContext.define` with a shared
+tensor); these requantizations are counted.
 """
 
 from __future__ import annotations
@@ -37,11 +49,13 @@ DEFAULT_DOMAINS = ("", "ai.onnx")
 
 #: Ops whose first input is an NCHW tensor their TFLite kernel wants channels-last.
 SPATIAL_OPS = frozenset({"Conv", "ConvTranspose", "MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "Resize"})
-#: Ops whose output layout follows their inputs' (element-wise or axis-mapped ops).
+#: Ops whose output layout follows their inputs' (element-wise or axis-mapped ops; Q/DQ are
+#: folded or element-wise QUANTIZE/DEQUANTIZE).
 LAYOUT_FOLLOWING_OPS = frozenset({
     "Add", "Sub", "Mul", "Div", "Relu", "Clip", "LeakyRelu", "PRelu", "Sigmoid", "Tanh", "HardSwish",
-    "Concat", "Pad", "Slice",
+    "Concat", "Pad", "Slice", "QuantizeLinear", "DequantizeLinear",
 })
+FLOAT32 = np.dtype(np.float32)
 
 
 def attribute(node: ir.Node, name: str, default: Any = None) -> Any:
@@ -110,6 +124,33 @@ class GraphInfo:
     def is_graph_output(self, value: ir.Value) -> bool:
         return id(value) in self.graph_outputs
 
+    def before_qdq(self, value: ir.Value) -> ir.Value:
+        """``value`` followed back through QuantizeLinear/DequantizeLinear producers (element-wise,
+        same elements in the same layout)."""
+        for _ in range(64):
+            producer = value.producer()
+            if producer is None or producer.op_type not in ("QuantizeLinear", "DequantizeLinear") or producer.domain not in DEFAULT_DOMAINS:
+                break
+            value = producer.inputs[0]
+        return value
+
+    def readers(self, value: ir.Value) -> list[ir.Node] | None:
+        """The nodes reading ``value``'s elements: its consumers, looking through Q/DQ nodes (folded
+        into the same tensor, or element-wise QUANTIZE keeping the layout); None when one of those
+        values is a graph output."""
+        found: list[ir.Node] = []
+        pending = [value]
+        while pending:
+            current = pending.pop()
+            if self.is_graph_output(current):
+                return None
+            for node in self.consumers(current):
+                if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.domain in DEFAULT_DOMAINS:
+                    pending.append(node.outputs[0])  # folded, or an element-wise QUANTIZE in the same layout
+                elif node not in found:
+                    found.append(node)
+        return found
+
     def input(self, node: ir.Node, index: int) -> ir.Value | None:
         """Input ``index`` of ``node``, None when absent (omitted optional input)."""
         return node.inputs[index] if index < len(node.inputs) else None
@@ -154,7 +195,16 @@ class LoweringContext(GraphInfo):
 
     Attributes:
         transposes_added: TRANSPOSE operators emitted to change a stored layout.
-        fused: names of nodes whose work another operator does (fused activations, folded Q/DQ).
+        fused: names of nodes whose work another operator does (fused activations, bias Adds).
+        fused_activations: activations folded into the preceding operator.
+        current_node: the node being lowered (set by the driver); its precision decides whether
+            int8 inputs are read as they are or through a DEQUANTIZE.
+        requantizations: QUANTIZE int8 -> int8 operators added because a byte-moving int8 kernel
+            needs equal input/output parameters and the model gives different ones.
+        dequantize_views: DEQUANTIZE operators added so float nodes read int8 tensors.
+        source_of_view: tensor index of a DEQUANTIZE view -> the int8 tensor it dequantizes.
+        bypassed: output tensor of a RESHAPE an operator read around -> the RESHAPE's input
+            (same elements in the same order), so verification still finds the values.
     """
 
     def __init__(self, model: ir.Model, writer: ModelWriter, types: TensorTypes, settings: LoweringSettings | None = None) -> None:
@@ -164,9 +214,15 @@ class LoweringContext(GraphInfo):
         self.transposes_added = 0
         self.fused: set[str] = set()
         self.fused_activations = 0
+        self.current_node: ir.Node | None = None
+        self.requantizations = 0
+        self.dequantize_views = 0
+        self.source_of_view: dict[int, int] = {}
+        self.bypassed: dict[int, int] = {}
         self._primary: dict[int, tuple[int, Layout]] = {}
-        self._views: dict[tuple[int, Layout, tuple], int] = {}
+        self._views: dict[tuple, int] = {}
         self._names: set[str] = set()
+        self._pending_requantize: dict[int, list[int]] = {}
         self._channels_last = self._plan_channels_last()
 
     # ---------------------------------------------------------------------------- layout planning
@@ -201,7 +257,16 @@ class LoweringContext(GraphInfo):
         return shape
 
     def element_type(self, value: ir.Value) -> ElementType:
-        return self.types.activation(value)
+        """Element type of the TFLite tensor holding ``value`` (after aliases)."""
+        return self.types.activation(self.resolve(value))
+
+    def precision(self, node: ir.Node | None = None) -> str:
+        """``"int8"``, ``"float"`` or ``"boundary"`` (Q/DQ) for ``node`` (default: the current node)."""
+        node = node if node is not None else self.current_node
+        if node is None:
+            return "boundary"
+        decide = getattr(self.types, "precision", None)
+        return decide(node) if decide is not None else "float"
 
     # ---------------------------------------------------------------------------- names
 
@@ -232,15 +297,69 @@ class LoweringContext(GraphInfo):
         """Register the TFLite tensor holding ``value`` stored as ``layout``; returns its index.
 
         With ``tensor`` given, ``value`` shares that existing tensor (a layout change that moves no
-        bytes, e.g. an ONNX Transpose or a Reshape keeping the stored shape); otherwise a new
-        activation tensor with the stored shape and ``value``'s element type is added.
+        bytes, e.g. an ONNX Transpose or a Reshape keeping the stored shape) when their element
+        types agree; an int8 tensor with other parameters than ``value``'s is requantized into a new
+        tensor by a QUANTIZE (counted in :attr:`requantizations`). Otherwise a new activation tensor
+        with the stored shape and ``value``'s element type is added.
         """
         value = self.resolve(value)
         if tensor is None:
             shape = layout.stored_shape(self.static_shape(value))
             tensor = self._new_activation(value.name, shape, self.element_type(value))
+        else:
+            element = self.element_type(value)
+            if not self._same_quantization(tensor, element):
+                target = self._new_activation(value.name, self.writer.tensor_shape(tensor), element)
+                self._emit_requantize(tensor, target)
+                tensor = target
         self._primary[id(value)] = (tensor, layout)
         return tensor
+
+    def define_output_like(self, value: ir.Value, layout: Layout, source: int) -> int:
+        """The tensor an operator whose int8 kernel keeps its input's parameters (RESHAPE, pools,
+        STRIDED_SLICE, PAD, CONCATENATION, MAXIMUM/MINIMUM, RESIZE ...) writes for ``value``.
+
+        ``value``'s own tensor when its parameters equal those of the input tensor ``source`` (or
+        either is float); else an intermediate tensor with ``source``'s parameters, requantized into
+        ``value``'s tensor by a QUANTIZE emitted right after the operator (:meth:`emit`).
+        """
+        final = self.define(value, layout)
+        source_quantization = self.writer.tensor_quantization(source)
+        final_quantization = self.writer.tensor_quantization(final)
+        if source_quantization is None or final_quantization is None or source_quantization == final_quantization:
+            return final
+        intermediate = self.writer.add_tensor(
+            self.unique_name(f"{value.name}/before_requantize"), self.writer.tensor_shape(final), self.writer.tensor_dtype(final), quantization=source_quantization
+        )
+        self._pending_requantize.setdefault(intermediate, []).append(final)
+        return intermediate
+
+    def requantized(self, tensor: int, like: int) -> int:
+        """``tensor`` with the quantization of tensor ``like`` (a QUANTIZE int8 -> int8 when they
+        differ, counted): inputs of CONCATENATION, which needs one scale for all (TFLite int8 spec)."""
+        quantization = self.writer.tensor_quantization(like)
+        if quantization is None or self.writer.tensor_quantization(tensor) in (None, quantization):
+            return tensor
+        key = ("requantized", tensor, quantization)
+        if key not in self._views:
+            target = self.writer.add_tensor(
+                self.unique_name(f"{self.writer.tensor_name(tensor)}/requantized"), self.writer.tensor_shape(tensor), self.writer.tensor_dtype(tensor), quantization=quantization
+            )
+            self._emit_requantize(tensor, target)
+            self._views[key] = target
+        return self._views[key]
+
+    def _same_quantization(self, tensor: int, element: ElementType) -> bool:
+        current = self.writer.tensor_quantization(tensor)
+        wanted = None if element.quantization is None else stored_quantization(element.quantization, None)
+        if current is None or wanted is None:
+            return True
+        return current == wanted
+
+    def _emit_requantize(self, source: int, target: int) -> None:
+        self.writer.add_operator(Builtin.QUANTIZE, [source], [target])
+        self.requantizations += 1
+        logger.debug("QUANTIZE (requantize) %s -> %s", self.writer.tensor_name(source), self.writer.tensor_name(target))
 
     def _new_activation(self, name: str, shape: Sequence[int | None], element: ElementType) -> int:
         quantization = None
@@ -252,21 +371,41 @@ class LoweringContext(GraphInfo):
         """A fresh activation tensor with ``like``'s element type (a step inside one op's lowering)."""
         return self._new_activation(f"{like.name}/{suffix}", shape, self.element_type(like))
 
-    def read(self, value: ir.Value, layout: Layout | None = None, *, logical_shape: Sequence[int | None] | None = None) -> int:
+    def read(self, value: ir.Value, layout: Layout | None = None, *, logical_shape: Sequence[int | None] | None = None, dtype: np.dtype | None = None) -> int:
         """The TFLite tensor holding ``value`` stored as ``layout`` (default: as it is).
 
         A constant is written as a constant tensor in the requested layout. A non-constant stored
         differently is converted once (and cached): RESHAPE when both layouts hold the elements in
         the same flat order (:func:`edgecomp_tflite.layout.same_flat_order`), else TRANSPOSE
         (counted in :attr:`transposes_added`), after a RESHAPE when ``logical_shape`` asks for
-        leading size-1 axes (broadcasting a lower-rank operand).
+        leading size-1 axes (broadcasting a lower-rank operand). An int8 tensor read by a float node
+        (or with ``dtype`` float32) is dequantized once by a DEQUANTIZE (cached too).
 
         Args:
             value: the ONNX value.
             layout: wanted stored layout; None keeps the current one.
             logical_shape: the logical shape wanted (default: the value's own). Only adding leading
                 size-1 axes is allowed (ONNX broadcasting).
+            dtype: wanted element type (float32); None: as the current node's precision wants.
         """
+        tensor = self._read_stored(value, layout, logical_shape)
+        want_float = (dtype is not None and np.dtype(dtype) == FLOAT32) or (dtype is None and self.precision() == "float")
+        if want_float and self.writer.tensor_quantization(tensor) is not None and not self.writer.is_constant(tensor):
+            return self.dequantized(tensor)
+        return tensor
+
+    def dequantized(self, tensor: int) -> int:
+        """A float32 DEQUANTIZE of int8 ``tensor`` (one per tensor, cached)."""
+        key = ("dequantized", tensor)
+        if key not in self._views:
+            view = self.writer.add_tensor(self.unique_name(f"{self.writer.tensor_name(tensor)}/dequantized"), self.writer.tensor_shape(tensor), np.float32)
+            self.writer.add_operator(Builtin.DEQUANTIZE, [tensor], [view])
+            self.dequantize_views += 1
+            self.source_of_view[view] = tensor
+            self._views[key] = view
+        return self._views[key]
+
+    def _read_stored(self, value: ir.Value, layout: Layout | None, logical_shape: Sequence[int | None] | None) -> int:
         value = self.resolve(value)
         array = constant_array(value) if not self.has_tensor(value) else None
         if array is not None:
@@ -330,7 +469,9 @@ class LoweringContext(GraphInfo):
 
     def constant_operand(self, value: ir.Value, layout: Layout, *, rank: int | None = None, scale: float = 1.0) -> int:
         """A constant input of an element-wise/axis op, broadcast to ``rank`` (default: its own) and
-        stored in ``layout`` (:func:`edgecomp_tflite.layout.broadcast_constant`), times ``scale``."""
+        stored in ``layout`` (:func:`edgecomp_tflite.layout.broadcast_constant`), times ``scale``.
+        Quantized (or float16) data the current node cannot take as it is goes through a DEQUANTIZE
+        (:meth:`runtime_dequantized`)."""
         data, quantization = _scaled(*self.types.constant(value), scale, value)
         rank = data.ndim if rank is None else rank
         stored = layouts.broadcast_constant(data, rank, layout)
@@ -338,7 +479,26 @@ class LoweringContext(GraphInfo):
         if quantization is not None:
             axis = None if quantization.axis is None else layout.stored_axis(quantization.axis + rank - data.ndim)
             stored_params = stored_quantization(quantization, axis)
-        return self.writer.add_constant(self.unique_name(value.name), stored, quantization=stored_params)
+        tensor = self.writer.add_constant(self.unique_name(value.name), stored, quantization=stored_params)
+        return self.runtime_dequantized(value, tensor)
+
+    def runtime_dequantized(self, value: ir.Value, tensor: int) -> int:
+        """Constant ``tensor`` as the current node's kernel takes it: as it is, or through a
+        DEQUANTIZE to float32 when it is quantized and the node runs in float without a hybrid
+        kernel for it (:meth:`TensorTypes.keeps_quantized`), or float16 (FP16 weights)."""
+        dtype = self.writer.tensor_dtype(tensor)
+        quantized = self.writer.tensor_quantization(tensor) is not None
+        if dtype == np.float16 or (quantized and not self._keeps_quantized(value)):
+            view = self.writer.add_tensor(self.unique_name(f"{self.writer.tensor_name(tensor)}/dequantized"), self.writer.tensor_shape(tensor), np.float32)
+            self.writer.add_operator(Builtin.DEQUANTIZE, [tensor], [view])
+            return view
+        return tensor
+
+    def _keeps_quantized(self, value: ir.Value) -> bool:
+        keeps = getattr(self.types, "keeps_quantized", None)
+        if keeps is None:
+            return True
+        return keeps(self.current_node, value) or keeps(self.current_node, self.resolve(value))
 
     def weight(
         self,
@@ -378,7 +538,8 @@ class LoweringContext(GraphInfo):
         if quantization is not None:
             axis = None if quantization.axis is None else list(perm).index(quantization.axis % data.ndim)
             stored_params = stored_quantization(quantization, axis)
-        return self.writer.add_constant(self.unique_name(name or value.name), np.ascontiguousarray(stored), quantization=stored_params)
+        tensor = self.writer.add_constant(self.unique_name(name or value.name), np.ascontiguousarray(stored), quantization=stored_params)
+        return self.runtime_dequantized(value, tensor)
 
     def bias(
         self,
@@ -390,14 +551,26 @@ class LoweringContext(GraphInfo):
         name: str,
         channels: slice | None = None,
         scale: float = 1.0,
+        weight_scale: float = 1.0,
     ) -> int:
         """A bias operand [length] (zeros when ``value`` is None; a scalar or [1, length] constant
         is broadcast); INT8 lowering makes it int32.
 
         ``channels`` keeps a slice of it (one group of a split grouped convolution); ``scale``
-        multiplies it (Gemm ``beta``).
+        multiplies it (Gemm ``beta``). ``weight_scale`` is the factor the weights were multiplied
+        by (Gemm ``alpha``): an int32 bias must have scale ``s_in * s_w`` of the *stored* weights, so
+        it is re-expressed as ``round(q * beta / alpha)`` with scale ``s_bias * alpha``.
         """
-        data, quantization = _scaled(*self.types.bias(value, length, input_value, weight_value), scale, value)
+        data, quantization = self.types.bias(value, length, input_value, weight_value)
+        if quantization is not None and scale != weight_scale:
+            if weight_scale <= 0.0:
+                raise UnsupportedError(f"bias {name!r}: a non-positive weight factor {weight_scale} on quantized weights")
+            data = np.clip(np.round(data.astype(np.float64) * (scale / weight_scale)), -(2**31), 2**31 - 1).astype(np.int32)
+            quantization = QuantParams(np.asarray(quantization.scale) * weight_scale, quantization.zero_point, quantization.axis)
+        elif quantization is not None:
+            quantization = QuantParams(np.asarray(quantization.scale) * scale, quantization.zero_point, quantization.axis) if scale != 1.0 else quantization
+        else:
+            data, quantization = _scaled(data, quantization, scale, value)
         data = data.reshape(length)
         if channels is not None:
             data = data[channels]
@@ -408,17 +581,44 @@ class LoweringContext(GraphInfo):
     # ---------------------------------------------------------------------------- operators
 
     def emit(self, code: int, inputs: Sequence[int], outputs: Sequence[int], options: Any = None, **flags: Any) -> int:
-        """Append a TFLite operator (see :meth:`ModelWriter.add_operator`)."""
-        return self.writer.add_operator(code, inputs, outputs, options, **flags)
+        """Append a TFLite operator (see :meth:`ModelWriter.add_operator`), then the requantizations
+        :meth:`define_output_like` planned for its outputs."""
+        position = self.writer.add_operator(code, inputs, outputs, options, **flags)
+        for output in outputs:
+            for target in self._pending_requantize.pop(output, []):
+                self._emit_requantize(output, target)
+        return position
+
+    def stored_tensors(self) -> dict[int, tuple[int, Layout]]:
+        """id(ONNX value) -> (tensor index, layout) of every value given a tensor so far."""
+        return dict(self._primary)
+
+    def fused_bias_add(self, node: ir.Node) -> tuple[ir.Value | None, ir.Node]:
+        """(bias value, node whose output continues) for a MatMul/Gemm whose bias is a following
+        Add (tf2onnx's ``MatMul -> Add(bias)`` in QDQ models, :meth:`QdqTensorTypes.bias_add`);
+        ``(None, node)`` when there is none. The Add is marked fused."""
+        find = getattr(self.types, "bias_add", None)
+        add = find(node) if find is not None else None
+        if add is None:
+            return None, node
+        self.fused.add(add.name)
+        output = node.outputs[0]
+        bias = add.inputs[1] if add.inputs[0] is output else add.inputs[0]
+        return bias, add
 
     def fused_activation(self, node: ir.Node) -> tuple[int, ir.Value]:
         """Fold the activation after ``node`` into its TFLite operator when that is exact.
 
         The activation is fused when ``node``'s output is read only by it and is not a graph
-        output, and it is ``Relu``, or ``Clip`` with constant bounds (0, 6), (-1, 1) or (0, none).
-        TFLite applies ``fused_activation_function`` to the operator's result
-        (``tensorflow/lite/kernels/internal/common.h``, ``ActivationFunctionWithMinMax``), i.e. the
-        same clamp.
+        output, it runs in the same precision as ``node``, and it is ``Relu``, or ``Clip`` with
+        constant bounds (0, 6), (-1, 1) or (0, none). TFLite applies ``fused_activation_function``
+        to the operator's result (``tensorflow/lite/kernels/internal/common.h``,
+        ``ActivationFunctionWithMinMax``; for int8 outputs the clamp is in quantized units,
+        ``CalculateActivationRangeQuantized``), i.e. the same clamp. In a QDQ model the activation
+        may sit behind a folded QuantizeLinear -> DequantizeLinear pair (``Conv -> Q -> DQ -> Relu
+        -> Q``): it is looked through when the activation's output keeps the pair's parameters, so
+        clamping the int8 result equals requantizing the clamped value. (The QAT export pattern
+        ``Conv -> Relu -> Q`` is the direct case.)
 
         Returns:
             (``ActivationFunctionType`` value, the ONNX value the operator must write): the
@@ -426,16 +626,33 @@ class LoweringContext(GraphInfo):
             ``(NONE, node.outputs[0])``.
         """
         value = node.outputs[0]
-        consumers = self.consumers(value)
-        if self.is_graph_output(value) or len(consumers) != 1:
+        follower = self._sole_reader(value)
+        if follower is None:
             return Activation.NONE, value
-        follower = consumers[0]
+        if follower.op_type == "QuantizeLinear" and self.types.folded(follower):
+            # look through a folded QuantizeLinear -> DequantizeLinear pair: exact when the
+            # activation keeps the pair's parameters (clamping int8 values at the quantized bounds)
+            dequantize = self._sole_reader(follower.outputs[0])
+            if dequantize is None or dequantize.op_type != "DequantizeLinear":
+                return Activation.NONE, value
+            activation = self._sole_reader(dequantize.outputs[0])
+            if activation is None or activation_kind(self, activation) is None or activation.inputs[0] is not dequantize.outputs[0]:
+                return Activation.NONE, value
+            if self.precision(activation) != "int8" or not _same_element(self.element_type(value), self.element_type(activation.outputs[0])):
+                return Activation.NONE, value
+            follower = activation
         kind = activation_kind(self, follower)
-        if kind is None or follower.inputs[0] is not value or self.types.folded(follower):
+        if kind is None or self.types.folded(follower) or self.precision(follower) != self.precision(node):
             return Activation.NONE, value
         self.fused.add(follower.name)
         self.fused_activations += 1
         return kind, follower.outputs[0]
+
+    def _sole_reader(self, value: ir.Value) -> ir.Node | None:
+        consumers = self.consumers(value)
+        if self.is_graph_output(value) or len(consumers) != 1 or consumers[0].inputs[0] is not value:
+            return None
+        return consumers[0]
 
 
 def activation_kind(info: GraphInfo, node: ir.Node) -> int | None:
@@ -478,6 +695,14 @@ def clip_bounds(info: GraphInfo, node: ir.Node) -> tuple[float | None, float | N
         return bounds[0], bounds[1]
     low, high = attribute(node, "min"), attribute(node, "max")
     return (None if low is None else float(low)), (None if high is None else float(high))
+
+
+def _same_element(a: ElementType, b: ElementType) -> bool:
+    if a.dtype != b.dtype or (a.quantization is None) != (b.quantization is None):
+        return False
+    if a.quantization is None:
+        return True
+    return stored_quantization(a.quantization, None) == stored_quantization(b.quantization, None)
 
 
 def _scaled(data: np.ndarray, quantization: QuantParams | None, scale: float, value: ir.Value | None) -> tuple[np.ndarray, QuantParams | None]:

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import hashlib
 import logging
 
+import numpy as np
 import onnx_ir as ir
 
 from edgecomp import __version__
@@ -32,9 +34,13 @@ from edgecomp_tflite.ops import load_all
 from edgecomp_tflite.tensor_types import TensorTypes
 from edgecomp_tflite.versions import builtin_name
 from edgecomp_tflite.writer import (
+    PLAN_DIGEST_METADATA,
     PLAN_METADATA,
     PRODUCER_METADATA,
     ModelWriter,
+    Quantization,
+    constant_data_bytes,
+    hybrid_operator_count,
     operator_histogram,
 )
 
@@ -54,6 +60,19 @@ class LoweredModel:
         fused_activations: activations folded into the preceding operator.
         op_histogram: TFLite builtin name -> number of operators.
         operator_versions: TFLite builtin name -> OperatorCode version.
+        output_quantization: per graph output, the quantization of the int8 tensor it is (int8
+            output) or is dequantized from (float output of a quantized model); None for a float
+            result. Verification measures differences in these LSBs.
+        requantizations: QUANTIZE int8 -> int8 operators added where a TFLite int8 kernel needs
+            equal input/output parameters and the model gives different ones.
+        dequantize_views: DEQUANTIZE operators added for float nodes (and float outputs) reading
+            int8 tensors.
+        constant_bytes: bytes of constant data (weights, biases, shape operands) in the buffers.
+        hybrid_operators: operators with float activations and int8 weights (dynamic range).
+        int8_values: ONNX name of every int8 value (QuantizeLinear outputs, int8 graph inputs and
+            their byte moves) -> (tensor index in the file, stored layout, stored shape), for
+            per-operator verification (:func:`edgecomp_tflite.runner.operator_figures`); a value
+            whose RESHAPE was bypassed maps to the RESHAPE's input, read with the value's shape.
     """
 
     data: bytes
@@ -65,6 +84,12 @@ class LoweredModel:
     fused_activations: int
     op_histogram: dict[str, int]
     operator_versions: dict[str, int]
+    output_quantization: tuple[Quantization | None, ...] = ()
+    requantizations: int = 0
+    dequantize_views: int = 0
+    constant_bytes: int = 0
+    hybrid_operators: int = 0
+    int8_values: dict[str, tuple[int, Layout, tuple]] = dataclasses.field(default_factory=dict)
 
 
 def _op_label(node: ir.Node) -> str:
@@ -128,7 +153,9 @@ def raise_if_unsupported(problems: list[Unsupported]) -> None:
         raise UnsupportedError(f"tflite cannot lower node {first.node!r} ({first.op_type}): {first.reason}{more}")
 
 
-def lower_model(model: ir.Model, types: TensorTypes, settings: LoweringSettings, *, quantization_plan: bytes | None = None) -> LoweredModel:
+def lower_model(
+    model: ir.Model, types: TensorTypes, settings: LoweringSettings, *, quantization_plan: bytes | None = None, plan_digest_only: bool = False
+) -> LoweredModel:
     """Lower the IR to ``.tflite`` bytes.
 
     Args:
@@ -136,6 +163,7 @@ def lower_model(model: ir.Model, types: TensorTypes, settings: LoweringSettings,
         types: element types (:class:`~edgecomp_tflite.tensor_types.FloatTensorTypes` for float32).
         settings: I/O layout and grouped-convolution strategy.
         quantization_plan: JSON of the quantization plan, stored as metadata when given.
+        plan_digest_only: store only the plan's sha256 (the plan itself is written beside the file).
 
     Returns:
         :class:`LoweredModel`.
@@ -157,16 +185,20 @@ def lower_model(model: ir.Model, types: TensorTypes, settings: LoweringSettings,
     for node in topological_order(model):
         if node.name in ctx.fused:
             continue
+        ctx.current_node = node
         registry[node.op_type].lower(ctx, node)
+    ctx.current_node = None
 
-    outputs, output_layouts = [], []
+    outputs, output_layouts, output_quantization = [], [], []
     for value in model.graph.outputs:
         layout = settings.boundary_layout(len(ctx.static_shape(value)))
-        tensor = ctx.read(value, layout)
+        float_output = value.dtype is not None and value.dtype.name in ("FLOAT", "FLOAT16")
+        tensor = ctx.read(value, layout, dtype=np.float32 if float_output else None)
         if writer.tensor_name(tensor) != value.name:
             _take_name(writer, value.name, tensor)
         outputs.append(tensor)
         output_layouts.append(layout)
+        output_quantization.append(writer.tensor_quantization(ctx.source_of_view.get(tensor, tensor)))
 
     writer.set_io(inputs, outputs)
     writer.set_signature(
@@ -174,9 +206,13 @@ def lower_model(model: ir.Model, types: TensorTypes, settings: LoweringSettings,
         {value.name: index for value, index in zip(model.graph.outputs, outputs)},
     )
     writer.add_metadata(PRODUCER_METADATA, f"edgecomp {__version__}".encode())
-    if quantization_plan is not None:
+    if quantization_plan is not None and plan_digest_only:
+        writer.add_metadata(PLAN_DIGEST_METADATA, hashlib.sha256(quantization_plan).hexdigest().encode())
+    elif quantization_plan is not None:
         writer.add_metadata(PLAN_METADATA, quantization_plan)
+    int8_values = _int8_values(model, ctx)
     data = writer.finish()
+    int8_values = {name: (writer.tensor_remap[tensor], layout, shape) for name, (tensor, layout, shape) in int8_values.items() if tensor in writer.tensor_remap}
     versions = {builtin_name(code): version for code, version in sorted(writer.operator_versions().items())}
     lowered = LoweredModel(
         data=data,
@@ -188,9 +224,34 @@ def lower_model(model: ir.Model, types: TensorTypes, settings: LoweringSettings,
         fused_activations=ctx.fused_activations,
         op_histogram=operator_histogram(data),
         operator_versions=versions,
+        output_quantization=tuple(output_quantization),
+        requantizations=ctx.requantizations,
+        dequantize_views=ctx.dequantize_views,
+        constant_bytes=constant_data_bytes(data),
+        hybrid_operators=hybrid_operator_count(data),
+        int8_values=int8_values,
     )
-    logger.info("tflite: %d operators %s, %d TRANSPOSE added", sum(lowered.op_histogram.values()), dict(collections.Counter(lowered.op_histogram)), lowered.transposes_added)
+    logger.info(
+        "tflite: %d operators %s, %d TRANSPOSE, %d requantizations, %d DEQUANTIZE views added",
+        sum(lowered.op_histogram.values()), dict(collections.Counter(lowered.op_histogram)), lowered.transposes_added,
+        lowered.requantizations, lowered.dequantize_views,
+    )
     return lowered
+
+
+def _int8_values(model: ir.Model, ctx: LoweringContext) -> dict[str, tuple[int, Layout, tuple]]:
+    """ONNX name -> (tensor, layout) of the int8 ONNX values (see :class:`LoweredModel`)."""
+    stored = ctx.stored_tensors()
+    values = [v for v in model.graph.inputs if v.dtype == ir.DataType.INT8]
+    values += [o for node in model.graph for o in node.outputs if o is not None and o.dtype == ir.DataType.INT8]
+    result = {}
+    for value in values:
+        entry = stored.get(id(ctx.resolve(value)))
+        if entry is not None and ctx.writer.tensor_quantization(entry[0]) is not None:
+            tensor, layout = entry
+            shape = tuple(-1 if dim is None else dim for dim in ctx.writer.tensor_shape(tensor))
+            result[value.name] = (ctx.bypassed.get(tensor, tensor), layout, shape)
+    return result
 
 
 def _take_name(writer: ModelWriter, name: str, tensor: int) -> None:

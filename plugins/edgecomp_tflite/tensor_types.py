@@ -8,8 +8,11 @@ lowerings therefore write float32 or int8 TFLite operators depending on which :c
 the backend hands the context:
 
 - :class:`FloatTensorTypes` (this module): float32 activations and constants, nothing folded.
-- ``QdqTensorTypes`` (to be written for INT8): reads a QDQ model (DequantizeLinear -> Op ->
-  QuantizeLinear groups, ONNX operator specs for QuantizeLinear/DequantizeLinear) and answers:
+- :class:`Float16TensorTypes` (this module): float32 activations, weights stored float16 and read
+  through DEQUANTIZE (TFLite "float16 quantization" of weights).
+- :class:`~edgecomp_tflite.qdq_types.QdqTensorTypes` (:mod:`edgecomp_tflite.qdq_types`): reads a
+  QDQ model (DequantizeLinear -> Op -> QuantizeLinear groups, ONNX operator specs for
+  QuantizeLinear/DequantizeLinear) and answers:
 
   * ``activation(v)``: ``int8`` with the (scale, zero point) of the QuantizeLinear producing or the
     DequantizeLinear consuming ``v``'s group, per tensor (``axis=None``); float32 outside groups.
@@ -30,6 +33,18 @@ the backend hands the context:
   Ops with fixed output scales in the TFLite int8 spec (SOFTMAX 1/256 & -128, LOGISTIC 1/256 &
   -128, TANH 1/128 & 0) are checked in ``unsupported``; operator versions follow from the tensor
   types automatically (:mod:`edgecomp_tflite.versions`).
+
+  Beyond the methods above, INT8 lowering needs three more answers (optional on a
+  :class:`TensorTypes`; the context treats their absence as "float node, constants as they are,
+  no bias Add"):
+
+  * ``precision(node)``: ``"int8"`` (its inputs are read as int8 tensors), ``"float"`` (int8
+    inputs are read through a DEQUANTIZE view) or ``"boundary"`` (QuantizeLinear/DequantizeLinear).
+  * ``keeps_quantized(node, value)``: whether ``node``'s TFLite kernel takes the quantized
+    constant ``value`` as it is (int8 node, or a hybrid kernel's weight in dynamic range), else the
+    context writes it quantized and adds a DEQUANTIZE.
+  * ``bias_add(node)``: the Add of a constant bias that a MatMul/Gemm absorbs (QDQ models keep
+    tf2onnx's ``MatMul -> Add(bias)``).
 """
 
 from __future__ import annotations
@@ -96,6 +111,9 @@ class TensorTypes(Protocol):
 
 FLOAT_TYPES = ("FLOAT",)
 
+#: ONNX ops whose input 1 is a weight (stored float16 by :class:`Float16TensorTypes`).
+WEIGHT_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
 
 class FloatTensorTypes:
     """float32 lowering: every activation and constant operand is float32; nothing is folded."""
@@ -125,7 +143,7 @@ class FloatTensorTypes:
     def unsupported(self, node: ir.Node) -> str | None:
         """Non-constant float tensors must be float32 (``FLOAT``); Q/DQ nodes need INT8 lowering."""
         if node.op_type in ("QuantizeLinear", "DequantizeLinear"):
-            return "QDQ (INT8) lowering to TFLite is not implemented yet; compile with --quantize none on a float model"
+            return "QuantizeLinear/DequantizeLinear in a float lowering: compile the quantized model with --quantize qat (or auto) to keep its scales"
         for value in (*node.inputs, *node.outputs):
             if value is None or constant_array(value) is not None:
                 continue
@@ -135,3 +153,43 @@ class FloatTensorTypes:
             if dtype.name not in FLOAT_TYPES:
                 return f"tensor {value.name!r} is {dtype.name}; the float32 lowering handles float32 tensors only"
         return None
+
+
+class Float16TensorTypes(FloatTensorTypes):
+    """float32 activations with float16 weights: the constant input 1 of Conv/ConvTranspose/Gemm/
+    MatMul is stored float16 and read through a DEQUANTIZE (version 3), TFLite's "float16
+    quantization" layout (half the weight bytes; XNNPACK and the reference kernels compute in
+    float32). Biases and other constants stay float32.
+
+    Args:
+        model: the float IR (its weights are found by their readers).
+    """
+
+    name = "float16 weights"
+
+    def __init__(self, model: ir.Model) -> None:
+        self._weights: set[int] = set()
+        self.weight_names: list[str] = []
+        for node in model.graph:
+            if node.op_type in WEIGHT_OPS and node.domain in ("", "ai.onnx") and len(node.inputs) > 1:
+                weight = node.inputs[1]
+                if weight is not None and constant_array(weight) is not None and constant_array(weight).dtype == np.float32 and id(weight) not in self._weights:
+                    self._weights.add(id(weight))
+                    self.weight_names.append(weight.name)
+
+    def constant(self, value: ir.Value) -> tuple[np.ndarray, QuantParams | None]:
+        data, params = super().constant(value)
+        if id(value) in self._weights:
+            return data.astype(np.float16), params
+        return data, params
+
+    def simulation(self, proto) -> None:
+        """Round the weights of ``proto`` (an ``onnx.ModelProto`` of the same model) to float16 in
+        place: what the lowered model computes, for verification."""
+        import onnx.numpy_helper
+
+        names = set(self.weight_names)
+        for index, tensor in enumerate(proto.graph.initializer):
+            if tensor.name in names:
+                array = onnx.numpy_helper.to_array(tensor).astype(np.float16).astype(np.float32)
+                proto.graph.initializer[index].CopyFrom(onnx.numpy_helper.from_array(array, tensor.name))

@@ -23,7 +23,13 @@ The file layout follows ``tensorflow/compiler/mlir/lite/schema/schema.fbs`` (fil
 - **Signature** ``serving_default`` maps the ONNX input/output names to the subgraph's I/O tensors,
   so users find I/O by name (``Interpreter.get_signature_runner()``).
 - **Metadata**: ``edgecomp.producer`` (``edgecomp <version>``) and, when given, the quantization
-  plan JSON under ``edgecomp.quantization_plan``; the model ``description`` names the producer too.
+  plan JSON under ``edgecomp.quantization_plan``, or only its sha256 (hex) under
+  ``edgecomp.quantization_plan.sha256`` naming the ``quantization_plan.json`` written beside the
+  file; the model ``description`` names the producer too.
+- **Pruning**: operators whose outputs nothing reads (a RESHAPE a FULLY_CONNECTED bypassed, a
+  DEQUANTIZE left unused) are dropped at :meth:`ModelWriter.finish`, then tensors no operator or
+  graph interface refers to and buffers no tensor uses; :attr:`ModelWriter.tensor_remap` maps the
+  indices handed out by :meth:`ModelWriter.add_tensor` to those in the file.
 - **Determinism**: the bytes are a pure function of the calls made (no time stamps, no dict or set
   order of unknown origin), so the same model gives the same file.
 """
@@ -51,6 +57,7 @@ SIGNATURE_KEY = "serving_default"
 PLACEHOLDER_FOR_GREATER_OP_CODES = 127
 PRODUCER_METADATA = "edgecomp.producer"
 PLAN_METADATA = "edgecomp.quantization_plan"
+PLAN_DIGEST_METADATA = "edgecomp.quantization_plan.sha256"
 
 _TENSOR_TYPES: dict[np.dtype, int] = {
     np.dtype(np.float32): schema.TensorType.FLOAT32,
@@ -160,6 +167,7 @@ class ModelWriter:
     def __init__(self, description: str) -> None:
         self.description = description
         self._tensors: list[schema.TensorT] = []
+        self._quantizations: list[Quantization | None] = []
         self._buffers: list[schema.BufferT] = [schema.BufferT()]
         self._buffer_index: dict[tuple[int, str], int] = {}
         self._operators: list[_Operator] = []
@@ -167,6 +175,8 @@ class ModelWriter:
         self._outputs: list[int] = []
         self._signature: tuple[dict[str, int], dict[str, int]] | None = None
         self._metadata: list[tuple[str, bytes]] = []
+        self._producer: dict[int, int] = {}
+        self.tensor_remap: dict[int, int] = {}
 
     # ---------------------------------------------------------------------------- tensors
 
@@ -211,6 +221,7 @@ class ModelWriter:
         else:
             tensor.buffer = 0
         self._tensors.append(tensor)
+        self._quantizations.append(quantization)
         return len(self._tensors) - 1
 
     def add_constant(self, name: str, array: np.ndarray, *, quantization: Quantization | None = None) -> int:
@@ -237,6 +248,10 @@ class ModelWriter:
 
     def tensor_dtype(self, index: int) -> np.dtype:
         return numpy_type(self._tensors[index].type)
+
+    def tensor_quantization(self, index: int) -> Quantization | None:
+        """The quantization tensor ``index`` was added with, or None (float / plain tensor)."""
+        return self._quantizations[index]
 
     def tensor_name(self, index: int) -> str:
         return self._tensors[index].name
@@ -274,7 +289,17 @@ class ModelWriter:
                 (needs version 6).
         """
         self._operators.append(_Operator(int(code), [int(i) for i in inputs], [int(o) for o in outputs], options, grouped_convolution))
+        for output in outputs:
+            self._producer[int(output)] = len(self._operators) - 1
         return len(self._operators) - 1
+
+    def producer(self, tensor: int) -> tuple[int, list[int]] | None:
+        """(builtin code, input tensor indices) of the operator writing ``tensor``, or None."""
+        index = self._producer.get(tensor)
+        if index is None:
+            return None
+        op = self._operators[index]
+        return op.code, list(op.inputs)
 
     @property
     def operator_codes(self) -> list[int]:
@@ -327,8 +352,42 @@ class ModelWriter:
             versions[op.code] = max(versions.get(op.code, 1), operator_version(self._signature_of(op)))
         return versions
 
+    def _prune(self) -> None:
+        """Drop dead operators, then unreferenced tensors and buffers (module docstring: pruning)."""
+        keep_outputs = set(self._outputs)
+        while True:
+            read = {i for op in self._operators for i in op.inputs} | keep_outputs
+            alive = [op for op in self._operators if any(o in read for o in op.outputs)]
+            if len(alive) == len(self._operators):
+                break
+            self._operators = alive
+        used = sorted({i for op in self._operators for i in (*op.inputs, *op.outputs) if i >= 0} | set(self._inputs) | set(self._outputs))
+        remap = {old: new for new, old in enumerate(used)}
+        self.tensor_remap = remap
+        tensors = [self._tensors[old] for old in used]
+        self._quantizations = [self._quantizations[old] for old in used]
+        buffers_used = sorted({t.buffer for t in tensors if t.buffer})
+        buffer_remap = {0: 0, **{old: new for new, old in enumerate(buffers_used, start=1)}}
+        self._buffers = [self._buffers[0]] + [self._buffers[old] for old in buffers_used]
+        for tensor in tensors:
+            tensor.buffer = buffer_remap[tensor.buffer]
+        self._tensors = tensors
+        self._buffer_index = {}
+        for op in self._operators:
+            op.inputs = [remap[i] if i >= 0 else i for i in op.inputs]
+            op.outputs = [remap[o] for o in op.outputs]
+        self._inputs = [remap[i] for i in self._inputs]
+        self._outputs = [remap[o] for o in self._outputs]
+        if self._signature is not None:
+            self._signature = ({k: remap[v] for k, v in self._signature[0].items()}, {k: remap[v] for k, v in self._signature[1].items()})
+        self._producer = {}
+
     def finish(self) -> bytes:
-        """Serialise the model to ``.tflite`` bytes (see the module docstring for the layout rules)."""
+        """Serialise the model to ``.tflite`` bytes (see the module docstring for the layout rules).
+
+        Prunes first (module docstring); call once, after every tensor and operator is added.
+        """
+        self._prune()
         versions = self.operator_versions()
         code_index: dict[int, int] = {}
         operator_codes = []
@@ -401,6 +460,28 @@ def _tensor_map(name: str, index: int) -> schema.TensorMapT:
 def read_model(data: bytes) -> schema.ModelT:
     """Parse ``.tflite`` bytes back into the object API (for inspection and tests)."""
     return schema.ModelT.InitFromPackedBuf(bytearray(data), 0)
+
+
+def constant_data_bytes(data: bytes) -> int:
+    """Bytes of tensor data in the ``.tflite`` bytes: the buffers that tensors point to (weights,
+    biases, shape operands), without metadata buffers and flatbuffer structure."""
+    model = read_model(data)
+    used = {tensor.buffer for subgraph in model.subgraphs for tensor in subgraph.tensors or []}
+    return sum(len(model.buffers[index].data) for index in used if index and model.buffers[index].data is not None)
+
+
+def hybrid_operator_count(data: bytes) -> int:
+    """Operators whose input 0 is float32 and input 1 a quantized int8 tensor (TFLite hybrid,
+    dynamic-range kernels) in the ``.tflite`` bytes."""
+    model = read_model(data)
+    count = 0
+    for subgraph in model.subgraphs:
+        for operator in subgraph.operators:
+            operands = list(operator.inputs)
+            if len(operands) > 1 and operands[0] >= 0 and operands[1] >= 0:
+                first, second = subgraph.tensors[operands[0]], subgraph.tensors[operands[1]]
+                count += first.type == schema.TensorType.FLOAT32 and second.type == schema.TensorType.INT8
+    return count
 
 
 def operator_histogram(data: bytes) -> dict[str, int]:

@@ -12,6 +12,9 @@ Semantics (ONNX operator specs; TFLite ``tensorflow/lite/kernels/fully_connected
 - A flattened channels-last input (:class:`edgecomp_tflite.layout.Layout` ``feature_order``) is
   consumed as it is stored: the weight columns are permuted to the stored feature order instead
   (``W_stored[:, j] = W[:, order[j]]``), which keeps mnist-8's Flatten -> Gemm free of TRANSPOSE.
+- A rank-2 input made by a RESHAPE that keeps the batch axis is read before that RESHAPE:
+  FULLY_CONNECTED flattens any input to [-1, K] itself (``keep_num_dims=False``), so the
+  RESHAPE is dropped when nothing else reads it (as in TFLite's own int8 micro_speech model).
 - A non-constant right operand, or one of rank > 2, gives BATCH_MATMUL (broadcasting batch axes,
   ``adj_x``/``adj_y`` for the transposes), then MUL by alpha and ADD of C when needed.
 """
@@ -71,23 +74,57 @@ def lower_gemm(ctx: LoweringContext, node: ir.Node) -> None:
         a, rows = ctx.read(a_value), a_layout.feature_order
     else:
         a, rows = ctx.read(a_value, Layout.onnx(2)), None
+    if not trans_a:
+        a = before_flatten(ctx, a)
     bias_fused = _bias_like(ctx, c_value, n)
+    tail = node
+    if c_value is None:
+        c_value, tail = ctx.fused_bias_add(node)  # a QDQ model's Gemm -> Add(bias)
     if bias_fused:
-        activation, final_value = ctx.fused_activation(node)
+        activation, final_value = ctx.fused_activation(tail)
         y = ctx.define(final_value, Layout.onnx(2))
     else:  # FC writes alpha * A' @ B'; an ADD of beta * C follows
         activation = Activation.NONE
         y = ctx.new_intermediate(out_value, "matmul", ctx.static_shape(out_value))
     weights = ctx.weight(b_value, (1, 0) if not trans_b else (0, 1), rows=rows, scale=alpha)
     if bias_fused:
-        bias = ctx.bias(c_value, n, a_value, b_value, name=f"{node.name}/bias", scale=beta)
+        bias = ctx.bias(c_value, n, a_value, b_value, name=f"{node.name}/bias", scale=beta, weight_scale=alpha)
     else:
-        bias = ctx.bias(None, n, a_value, b_value, name=f"{node.name}/bias")
-    options = schema.FullyConnectedOptionsT()
-    options.fusedActivationFunction = activation
+        bias = ctx.bias(None, n, a_value, b_value, name=f"{node.name}/bias", weight_scale=alpha)
+    options = fully_connected_options(ctx, a, weights, activation)
     ctx.emit(Builtin.FULLY_CONNECTED, [a, weights, bias], [y], options)
     if not bias_fused:
         _add_c(ctx, node, y, out_value, c_value, beta)
+
+
+def before_flatten(ctx: LoweringContext, a: int) -> int:
+    """The input of the RESHAPE that made the rank-2 tensor ``a`` when it keeps ``a``'s batch axis
+    and element type (FULLY_CONNECTED then flattens it alike), else ``a``."""
+    producer = ctx.writer.producer(a)
+    if producer is None or producer[0] != Builtin.RESHAPE:
+        return a
+    source = producer[1][0]
+    writer = ctx.writer
+    if (
+        writer.tensor_shape(source)[:1] != writer.tensor_shape(a)[:1]
+        or writer.tensor_dtype(source) != writer.tensor_dtype(a)
+        or writer.tensor_quantization(source) != writer.tensor_quantization(a)
+        or writer.is_constant(source)
+    ):
+        return a
+    ctx.bypassed[a] = source
+    return source
+
+
+def fully_connected_options(ctx: LoweringContext, a: int, weights: int, activation: int) -> schema.FullyConnectedOptionsT:
+    """FULLY_CONNECTED options; a float input with int8 weights (TFLite dynamic range, hybrid
+    kernel) sets ``asymmetric_quantize_inputs``: the kernel quantizes each input row with its own
+    zero point, closer to float than symmetric (``fully_connected.cc``; version 9, 12 per channel)."""
+    options = schema.FullyConnectedOptionsT()
+    options.fusedActivationFunction = activation
+    hybrid = ctx.writer.tensor_dtype(weights) == np.int8 and ctx.writer.tensor_dtype(a) == np.float32
+    options.asymmetricQuantizeInputs = bool(hybrid)
+    return options
 
 
 def _add_c(ctx: LoweringContext, node: ir.Node, product: int, out_value: ir.Value, c_value: ir.Value, beta: float) -> None:
@@ -124,13 +161,15 @@ def lower_matmul(ctx: LoweringContext, node: ir.Node) -> None:
         a, out_layout = ctx.read(a_value), a_layout
     else:
         a, out_layout = ctx.read(a_value, Layout.onnx(rank)), Layout.onnx(rank)
-    activation, final_value = ctx.fused_activation(node)
+    if rank == 2:
+        a = before_flatten(ctx, a)
+    bias_value, tail = ctx.fused_bias_add(node)  # a QDQ model's MatMul -> Add(bias)
+    activation, final_value = ctx.fused_activation(tail)
     y = ctx.define(final_value, Layout(out_layout.perm))
     n = b_constant.shape[1]
     weights = ctx.weight(b_value, (1, 0), rows=rows)
-    bias = ctx.bias(None, n, a_value, b_value, name=f"{node.name}/bias")
-    options = schema.FullyConnectedOptionsT()
-    options.fusedActivationFunction = activation
+    bias = ctx.bias(bias_value, n, a_value, b_value, name=f"{node.name}/bias")
+    options = fully_connected_options(ctx, a, weights, activation)
     options.keepNumDims = rank > 2
     ctx.emit(Builtin.FULLY_CONNECTED, [a, weights, bias], [y], options)
 

@@ -28,6 +28,7 @@ from edgecomp_tflite.context import (
     activation_kind,
     attribute,
     clip_bounds,
+    stored_quantization,
 )
 from edgecomp_tflite.layout import Layout
 from edgecomp_tflite.ops import register
@@ -111,11 +112,33 @@ def lower_binary(ctx: LoweringContext, node: ir.Node) -> None:
 
 @register("Relu", "Sigmoid", "Tanh", "HardSwish")
 def lower_unary(ctx: LoweringContext, node: ir.Node) -> None:
-    """ONNX Relu/Sigmoid/Tanh/HardSwish -> RELU/LOGISTIC/TANH/HARD_SWISH, same layout as the input."""
+    """ONNX Relu/Sigmoid/Tanh/HardSwish -> RELU/LOGISTIC/TANH/HARD_SWISH, same layout as the input.
+
+    An int8 Relu whose input already has the output's parameters with zero point -128 (the naive
+    quantizer's fused Relu: nothing below zero is representable) is the identity: no operator.
+    """
     x_value = node.inputs[0]
     layout = ctx.layout(x_value)
     x = ctx.read(x_value)
+    if node.op_type == "Relu" and clamp_is_identity(ctx, x, node.outputs[0], 0.0, None):
+        ctx.define(node.outputs[0], layout, tensor=x)
+        return
     ctx.emit(_UNARY[node.op_type], [x], [ctx.define(node.outputs[0], layout)])
+
+
+def clamp_is_identity(ctx: LoweringContext, x: int, out_value: ir.Value, low: float | None, high: float | None) -> bool:
+    """True when clamping the int8 tensor ``x`` to [low, high] changes nothing: ``out_value`` has
+    ``x``'s parameters and every representable value ``(q - zp) * scale``, q in [-128, 127], lies
+    inside the bounds."""
+    quantization = ctx.writer.tensor_quantization(x)
+    element = ctx.element_type(out_value)
+    if quantization is None or element.quantization is None or quantization.per_channel:
+        return False
+    if stored_quantization(element.quantization, None) != quantization:
+        return False
+    scale, zero_point = quantization.scale[0], quantization.zero_point[0]
+    lowest, highest = (-128 - zero_point) * scale, (127 - zero_point) * scale
+    return (low is None or lowest >= low) and (high is None or highest <= high)
 
 
 @register("Identity")
@@ -164,10 +187,13 @@ def lower_clip(ctx: LoweringContext, node: ir.Node) -> None:
     x = ctx.read(x_value)
     kind = activation_kind(ctx, node)
     special = {Activation.RELU: Builtin.RELU, Activation.RELU6: Builtin.RELU6, Activation.RELU_N1_TO_1: Builtin.RELU_N1_TO_1}
+    low, high = clip_bounds(ctx, node)
+    if clamp_is_identity(ctx, x, out_value, low, high):
+        ctx.define(out_value, layout, tensor=x)
+        return
     if kind in special:
         ctx.emit(special[kind], [x], [ctx.define(out_value, layout)])
         return
-    low, high = clip_bounds(ctx, node)
     steps = [(Builtin.MAXIMUM, low), (Builtin.MINIMUM, high)]
     steps = [(code, bound) for code, bound in steps if bound is not None]
     if not steps:
@@ -176,6 +202,7 @@ def lower_clip(ctx: LoweringContext, node: ir.Node) -> None:
     shape = layout.stored_shape(ctx.static_shape(out_value))
     for index, (code, bound) in enumerate(steps):
         last = index == len(steps) - 1
-        y = ctx.define(out_value, layout) if last else ctx.new_intermediate(out_value, "clip_low", shape)
-        ctx.emit(code, [x, scalar_like(ctx, out_value, float(np.float32(bound)))], [y])
+        # int8 MAXIMUM/MINIMUM compare raw values: input's parameters throughout, requantized at the end
+        y = ctx.define_output_like(out_value, layout, x) if last else ctx.new_intermediate(x_value, "clip_low", shape)
+        ctx.emit(code, [x, scalar_like(ctx, x_value, float(np.float32(bound)))], [y])
         x = y

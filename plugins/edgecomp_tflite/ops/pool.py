@@ -75,7 +75,7 @@ def lower_pool(ctx: LoweringContext, node: ir.Node) -> None:
     if plan.explicit is not None:
         x = pad_explicitly(ctx, x_value, x, plan, MAX_POOL_FILL if is_max else 0.0)
     activation, out_value = ctx.fused_activation(node)
-    y = ctx.define(out_value, Layout.nhwc(4))
+    y = ctx.define_output_like(out_value, Layout.nhwc(4), x)  # int8 pools keep the input's parameters
     options = schema.Pool2DOptionsT()
     options.padding = plan.padding
     options.strideH, options.strideW = window.strides
@@ -99,8 +99,9 @@ def lower_global_pool(ctx: LoweringContext, node: ir.Node) -> None:
     rank = len(ctx.static_shape(x_value))
     x = ctx.read(x_value)
     axes = sorted(layout.stored_axis(axis) for axis in range(2, rank))
-    y = ctx.define(node.outputs[0], layout)
+    code = Builtin.MEAN if node.op_type == "GlobalAveragePool" else Builtin.REDUCE_MAX
+    # int8 MEAN requantizes; int8 REDUCE_MAX compares raw values (same parameters in and out)
+    y = ctx.define(node.outputs[0], layout) if code == Builtin.MEAN else ctx.define_output_like(node.outputs[0], layout, x)
     options = schema.ReducerOptionsT()
     options.keepDims = True
-    code = Builtin.MEAN if node.op_type == "GlobalAveragePool" else Builtin.REDUCE_MAX
     ctx.emit(code, [x, ctx.int32_constant(f"{node.name}/axes", axes)], [y], options)

@@ -1,12 +1,17 @@
-"""QuantizeLinear / DequantizeLinear: the INT8 extension point of the op registry.
+"""QuantizeLinear / DequantizeLinear -> nothing (folded), QUANTIZE, or nothing else.
+
+Which Q/DQ nodes vanish is decided by :class:`~edgecomp_tflite.qdq_types.QdqTensorTypes`
+(:meth:`TensorTypes.folded`): a DequantizeLinear always does (its output shares its int8 input's
+tensor; float nodes read that tensor through a DEQUANTIZE view made by the context, graph outputs
+too), and a QuantizeLinear does when its input is already the int8 tensor with its parameters (the
+output of an int8 group). The other QuantizeLinear nodes become QUANTIZE operators
+(``tensorflow/lite/kernels/quantize.cc``): float -> int8 at a float boundary (a float graph input,
+the output of a float node in a hybrid model), or int8 -> int8 requantization. Formula (ONNX
+QuantizeLinear spec, TFLite ``quantize.cc``): ``q = saturate(round(x / scale) + zero_point)``, ties to
+even in both.
 
 The float32 lowering never sees these nodes (``support()`` reports them through
-:meth:`edgecomp_tflite.tensor_types.FloatTensorTypes.unsupported`). INT8 lowering replaces the two
-functions below: Q/DQ nodes that :meth:`TensorTypes.folded` marks vanish (their output shares their
-input's int8 tensor, :meth:`TensorTypes.alias_of`), the others become QUANTIZE (float -> int8,
-and int8 -> int8 requantization) or DEQUANTIZE (int8 -> float) operators
-(``tensorflow/lite/kernels/quantize.cc``, ``dequantize.cc``; ONNX QuantizeLinear/DequantizeLinear
-specs for the formula ``q = saturate(round(x / scale) + zero_point)``, ties to even in both).
+:meth:`edgecomp_tflite.tensor_types.FloatTensorTypes.unsupported`).
 """
 
 from __future__ import annotations
@@ -19,21 +24,20 @@ from edgecomp_tflite.ops import register
 
 Builtin = schema.BuiltinOperator
 
-NOT_IMPLEMENTED = "QDQ (INT8) lowering to TFLite is not implemented yet"
-
 
 def check_qdq(info: GraphInfo, node: ir.Node) -> str | None:
-    return NOT_IMPLEMENTED
+    """Element types are checked by the tensor types (:meth:`TensorTypes.unsupported`); nothing else."""
+    return None
 
 
 @register("QuantizeLinear", "DequantizeLinear", check=check_qdq)
 def lower_qdq(ctx: LoweringContext, node: ir.Node) -> None:
-    """Folded Q/DQ: the output shares the input's tensor; otherwise QUANTIZE / DEQUANTIZE.
-
-    Only reached once a :class:`~edgecomp_tflite.tensor_types.TensorTypes` for QDQ models exists.
-    """
-    x_value = node.inputs[0]
+    """Folded Q/DQ: nothing (the output shares the input's tensor); otherwise QUANTIZE."""
     if ctx.types.folded(node):
-        return  # the context resolves the output to the input's tensor (TensorTypes.alias_of)
-    code = Builtin.QUANTIZE if node.op_type == "QuantizeLinear" else Builtin.DEQUANTIZE
-    ctx.emit(code, [ctx.read(x_value)], [ctx.define(node.outputs[0], ctx.layout(x_value))])
+        return
+    if node.op_type == "DequantizeLinear":  # not produced by QdqTensorTypes; kept for other TensorTypes
+        x_value = node.inputs[0]
+        ctx.emit(Builtin.DEQUANTIZE, [ctx.read(x_value)], [ctx.define(node.outputs[0], ctx.layout(x_value))])
+        return
+    x_value = node.inputs[0]
+    ctx.emit(Builtin.QUANTIZE, [ctx.read(x_value)], [ctx.define(node.outputs[0], ctx.layout(x_value))])

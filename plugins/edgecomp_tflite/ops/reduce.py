@@ -103,4 +103,8 @@ def lower_reduce(ctx: LoweringContext, node: ir.Node) -> None:
     options = schema.ReducerOptionsT()
     options.keepDims = keep
     stored_axes = sorted(layout.stored_axis(axis) for axis in axes)
-    ctx.emit(_REDUCERS[node.op_type], [x, ctx.int32_constant(f"{node.name}/axes", stored_axes)], [ctx.define(node.outputs[0], out_layout)], options)
+    code = _REDUCERS[node.op_type]
+    # int8 REDUCE_MAX/REDUCE_MIN compare raw values (same parameters in and out); MEAN/SUM requantize
+    same_params = code in (Builtin.REDUCE_MAX, Builtin.REDUCE_MIN)
+    y = ctx.define_output_like(node.outputs[0], out_layout, x) if same_params else ctx.define(node.outputs[0], out_layout)
+    ctx.emit(code, [x, ctx.int32_constant(f"{node.name}/axes", stored_axes)], [y], options)

@@ -161,4 +161,4 @@ def lower_resize(ctx: LoweringContext, node: ir.Node) -> None:
     options = schema.ResizeNearestNeighborOptionsT() if code == Builtin.RESIZE_NEAREST_NEIGHBOR else schema.ResizeBilinearOptionsT()
     options.alignCorners, options.halfPixelCenters = align_corners, half_pixel
     size = ctx.int32_constant(f"{node.name}/size", [out_h, out_w])
-    ctx.emit(code, [x, size], [ctx.define(node.outputs[0], Layout.nhwc(4))], options)
+    ctx.emit(code, [x, size], [ctx.define_output_like(node.outputs[0], Layout.nhwc(4), x)], options)  # int8: input's parameters

@@ -54,9 +54,9 @@ def check_reshape(info: GraphInfo, node: ir.Node) -> str | None:
 
 
 def _fully_connected_reader(info: GraphInfo, value: ir.Value, node: ir.Node) -> bool:
-    """True when ``node`` reads ``value`` as the left operand of a fully connected layer with
-    constant 2-D weights (Gemm without transA, or MatMul)."""
-    if node.inputs[0] is not value or any(v is value for v in node.inputs[1:]):
+    """True when ``node`` reads ``value`` (through folded Q/DQ nodes) as the left operand of a
+    fully connected layer with constant 2-D weights (Gemm without transA, or MatMul)."""
+    if info.before_qdq(node.inputs[0]) is not value or any(v is not None and info.before_qdq(v) is value for v in node.inputs[1:]):
         return False
     weights = info.constant(info.input(node, 1))
     if weights is None or weights.ndim != 2:
@@ -86,14 +86,13 @@ def lower_reshape(ctx: LoweringContext, node: ir.Node) -> None:
     elif list(out_shape) == list(in_shape):
         ctx.define(y_value, source, tensor=x)
         return
-    consumers = ctx.consumers(y_value)
+    consumers = ctx.readers(y_value)
     if (
         source.feature_order is None
         and len(out_shape) == 2
         and source.perm[0] == 0
         and out_shape[0] == in_shape[0]
         and consumers
-        and not ctx.is_graph_output(y_value)
         and all(_fully_connected_reader(ctx, y_value, consumer) for consumer in consumers)
         and None not in in_shape[1:]
     ):
@@ -109,7 +108,7 @@ def _reshape_into(ctx: LoweringContext, y_value: ir.Value, x: int, layout: Layou
     if list(ctx.writer.tensor_shape(x)) == list(stored):
         ctx.define(y_value, layout, tensor=x)
         return
-    y = ctx.define(y_value, layout)
+    y = ctx.define_output_like(y_value, layout, x)  # int8 RESHAPE copies bytes: input's parameters
     ctx.reshape(y_value, x, stored, suffix="shape", output=y)
 
 
@@ -154,7 +153,10 @@ def lower_concat(ctx: LoweringContext, node: ir.Node) -> None:
     options = schema.ConcatenationOptionsT()
     options.axis = layout.stored_axis(attribute(node, "axis", 0))
     options.fusedActivationFunction = activation
-    ctx.emit(Builtin.CONCATENATION, tensors, [ctx.define(final_value, layout)], options)
+    y = ctx.define(final_value, layout)
+    # TFLite int8 spec: CONCATENATION inputs and output share one scale/zero point (TFLM requires it)
+    tensors = [ctx.requantized(tensor, y) for tensor in tensors]
+    ctx.emit(Builtin.CONCATENATION, tensors, [y], options)
 
 
 # ------------------------------------------------------------------------------------- slice
@@ -235,7 +237,7 @@ def lower_slice(ctx: LoweringContext, node: ir.Node) -> None:
     options = schema.StridedSliceOptionsT()
     options.beginMask, options.endMask = begin_mask, end_mask
     operands = [x] + [ctx.int32_constant(f"{node.name}/{what}", values) for what, values in (("begin", begin), ("end", end), ("strides", strides))]
-    ctx.emit(Builtin.STRIDED_SLICE, operands, [ctx.define(node.outputs[0], layout)], options)
+    ctx.emit(Builtin.STRIDED_SLICE, operands, [ctx.define_output_like(node.outputs[0], layout, x)], options)
 
 
 # ------------------------------------------------------------------------------------- pad
@@ -295,7 +297,7 @@ def lower_pad(ctx: LoweringContext, node: ir.Node) -> None:
     x = ctx.read(x_value, layout)
     pads = _pads(ctx, node)
     paddings = ctx.int32_constant(f"{node.name}/paddings", [[pads[axis], pads[axis + rank]] for axis in layout.perm])  # type: ignore[index]
-    y = ctx.define(node.outputs[0], layout)
+    y = ctx.define_output_like(node.outputs[0], layout, x)  # int8 PAD copies bytes: input's parameters
     mode = attribute(node, "mode", "constant")
     mode = mode.decode() if isinstance(mode, bytes) else mode
     if mode == "reflect":
@@ -305,7 +307,7 @@ def lower_pad(ctx: LoweringContext, node: ir.Node) -> None:
         return
     value = ctx.constant(ctx.input(node, 2)) if ctx.input(node, 2) is not None else None
     fill = 0.0 if value is None or value.size == 0 else float(value.reshape(-1)[0])
-    if fill == 0.0 and ctx.element_type(x_value).quantization is None:
+    if fill == 0.0:  # an int8 PAD pads with the zero point, i.e. real 0 (tensorflow/lite/kernels/pad.cc)
         ctx.emit(Builtin.PAD, [x, paddings], [y], schema.PadOptionsT())
     else:
         ctx.emit(Builtin.PADV2, [x, paddings, scalar_like(ctx, x_value, fill)], [y], schema.PadV2OptionsT())

@@ -167,7 +167,7 @@ def pad_explicitly(ctx: LoweringContext, value: ir.Value, tensor: int, plan: Pad
     shape = ctx.writer.tensor_shape(tensor)
     padded_shape = [shape[0], shape[1] + top + bottom, shape[2] + left + right, shape[3]]
     output = ctx.new_intermediate(value, "padded", padded_shape)
-    if fill == 0.0 and ctx.element_type(value).quantization is None:
+    if fill == 0.0:  # an int8 PAD pads with the zero point, i.e. real 0 (tensorflow/lite/kernels/pad.cc)
         ctx.emit(Builtin.PAD, [tensor, paddings], [output], schema.PadOptionsT())
     else:
         ctx.emit(Builtin.PADV2, [tensor, paddings, scalar_like(ctx, value, fill)], [output], schema.PadV2OptionsT())
