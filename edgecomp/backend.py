@@ -51,7 +51,8 @@ class LowerOptions:
     """What the pipeline tells a backend when lowering.
 
     Attributes:
-        quantize: the quantization mode the pipeline applied (``"none"`` or ``"naive"``).
+        quantize: the quantization mode the pipeline applied: ``none``, ``naive``, ``hybrid``,
+            ``selective``, ``dynamic`` or ``qat``.
         verification_inputs: a few real input samples (input name -> array with batch axis) that
             the backend may run to check its artifact against the IR it was given.
         reference_outputs: the FP32 model's outputs for each of ``verification_inputs`` (one list
