@@ -132,3 +132,18 @@ def test_zero_width_range_gives_a_valid_scale(tmp_path):
     silent = plan.tensor("silent")
     assert silent.range == (0.0, 0.0) and silent.scale[0] > 0 and np.isfinite(silent.scale[0])
     assert sqnr_db(run(float_bytes, feeds)[0], run(quantized, feeds)[0]) > 35
+
+
+def test_gemm_with_a_full_c_matrix_keeps_it_float(tmp_path):
+    """Gemm's C of shape [M, N] is an operand, not a per-channel bias: it must not become an int32 bias."""
+    full_c = np.tile(WEIGHTS["Parameter194"].reshape(1, 10).astype(np.float32), (1, 1)) * np.ones((1, 10), np.float32)
+    model, float_bytes = build(tmp_path, [oh.make_node("Gemm", ["x", "w", "c"], ["y"], name="dense", beta=0.5)],
+                               [vt("x", [1, 256])], [vt("y", [1, 10])], {"w": DENSE, "c": np.vstack([full_c])})
+    feeds = dense_inputs()
+    plan, quantized = quantize(model, feeds)
+    assert sqnr_db(run(float_bytes, feeds)[0], run(quantized, feeds)[0]) > 30
+    full = np.ones((4, 10), np.float32)  # [M, N] with M = 4: the case that used to crash
+    model, _ = build(tmp_path, [oh.make_node("Gemm", ["x", "w", "c"], ["y"], name="dense")], [vt("x", [4, 256])], [vt("y", [4, 10])], {"w": DENSE, "c": full})
+    batch = {"x": dense_inputs()["x"][:4][None]}  # one calibration sample of 4 rows
+    plan = quantize_naive(model, iter([{"x": batch["x"][0]}]), "minmax")
+    assert not any(t.role == "bias" for t in plan.tensors)

@@ -37,7 +37,7 @@ INT8_OPS = frozenset(
 )
 # Operators whose output values are a subset of their input values (or averages of them): the
 # output keeps the input's scale and zero point (TFLite int8 spec: "same scale/zero point").
-SHARES_INPUT_PARAMS = frozenset({"MaxPool", "AveragePool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice"})
+SHARES_INPUT_PARAMS = frozenset({"MaxPool", "AveragePool", "Reshape", "Flatten", "Transpose", "Squeeze", "Unsqueeze", "Slice", "Pad", "Resize"})
 # Fixed output parameters of the TFLite int8 spec: (scale, zero point).
 FIXED_OUTPUT_PARAMS = {"Softmax": (1.0 / 256.0, -128), "Sigmoid": (1.0 / 256.0, -128), "Tanh": (1.0 / 128.0, 0)}
 ACTIVATION_FUSING_OPS = frozenset({"Conv", "ConvTranspose", "Gemm", "MatMul", "Add"})
@@ -70,6 +70,15 @@ def _is_float(value: ir.Value | None) -> bool:
 
 def _is_constant(value: ir.Value | None) -> bool:
     return value is not None and value.const_value is not None and not value.is_graph_input()
+
+
+def _is_bias(node: ir.Node, index: int) -> bool:
+    """A constant float per-output-channel bias: Conv's B, or a Gemm C of shape [N] or [1, N]
+    (a full [M, N] C is an operand, not a bias, and stays float)."""
+    if len(node.inputs) <= index or not (_is_float(node.inputs[index]) and _is_constant(node.inputs[index])):
+        return False
+    shape = node.inputs[index].const_value.shape
+    return len(shape) == 1 or (node.op_type == "Gemm" and len(shape) == 2 and shape[0] == 1)
 
 
 def _data_inputs(node: ir.Node) -> list[ir.Value]:
@@ -239,7 +248,7 @@ def quantize_int8(
                 continue  # a parameter, not data: Pad's constant_value, Clip's min/max, Resize's scales
             tensors.append(entry)
         bias_index = BIAS_INPUT.get(node.op_type)
-        if bias_index is not None and len(node.inputs) > bias_index and _is_float(node.inputs[bias_index]) and _is_constant(node.inputs[bias_index]) and node in weight_scales:
+        if bias_index is not None and _is_bias(node, bias_index) and node in weight_scales:
             input_scale = params[node.inputs[0]][0]
             tensors.append(quantize_bias(graph, node, bias_index, input_scale, weight_scales[node]))
     for value, (scale, zero_point, how, clip_range) in params.items():
