@@ -204,6 +204,24 @@ def _has_float_parts(model) -> bool:
     return any(entry.precision == "fp32" and entry.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") for entry in plan_from_qdq(model).nodes)
 
 
+def _check_mode_options(options: CompileOptions, mode: str) -> None:
+    """Refuse options that do not apply to the quantization mode, before any work.
+
+    Raises:
+        UnsupportedError: a selective goal, equalization or bias correction with a mode they do
+            not apply to.
+        PlanError: a plan file with a mode other than naive/hybrid.
+    """
+    if (options.min_sqnr_db is not None or options.max_accuracy_drop is not None) and mode != "selective":
+        raise UnsupportedError(f"--min-sqnr and --max-accuracy-drop are goals of --quantize selective, not {mode}")
+    if (options.equalize or options.bias_correction) and mode not in ("naive", "hybrid", "selective", "dynamic"):
+        raise UnsupportedError(f"--equalize and --bias-correction apply to naive, hybrid, selective (and dynamic for --equalize), not {mode}")
+    if options.bias_correction and mode == "dynamic":
+        raise UnsupportedError("--bias-correction needs quantized activations; -q dynamic quantizes weights only")
+    if options.plan and mode not in ("naive", "hybrid"):
+        raise PlanError(f"{options.plan}: a plan file applies to --quantize naive or hybrid, not {mode}")
+
+
 def _plan_memory(model, int8: bool, target) -> dict[str, Any]:
     """Plan the activation arena of ``model`` (int8 view when quantized) and check the RAM budget.
 
@@ -319,6 +337,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         raise CalibrationDataError(f"--quantize {mode} needs calibration data (--calibration PATH)")
     if mode == "qat" and not has_qdq(model):
         raise UnsupportedError(f"{model_path}: --quantize qat needs a model with QuantizeLinear/DequantizeLinear nodes; this one has none")
+    _check_mode_options(options, mode)
     lap("load")
 
     instruments: list = [PassTiming()]
@@ -327,18 +346,14 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     canonical = PassManager(canonicalization_passes(fold_weight_dequantize=mode == "none"), instruments)(model)
     model = canonical.model
     reference_bytes = to_bytes(model)
-    if (options.equalize or options.bias_correction) and mode not in ("naive", "hybrid", "selective", "dynamic"):
-        raise UnsupportedError(f"--equalize and --bias-correction apply to naive, hybrid, selective (and dynamic for --equalize), not {mode}")
-    if options.bias_correction and mode == "dynamic":
-        raise UnsupportedError("--bias-correction needs quantized activations; -q dynamic quantizes weights only")
+    extra_files: dict[str, bytes] = {}
+    extra_report: dict[str, Any] = {}
     if options.equalize:
         from edgecomp.passes.quantize.equalization import CrossLayerEqualizationPass
 
         equalizer = CrossLayerEqualizationPass()
         model = PassManager([equalizer], instruments)(model).model
-        extra_report_early = {"equalization": equalizer.report.to_dict()}
-    else:
-        extra_report_early = {}
+        extra_report["equalization"] = equalizer.report.to_dict()
     float_model = ir.serde.deserialize_model(to_proto(model))  # bias correction and friendliness checks
     lap("canonicalize")
 
@@ -349,14 +364,8 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         raise UnsupportedError(f"backend {backend.name!r} cannot lower node {first.node!r} ({first.op_type}) for target {target.name!r}: {first.reason}{more}")
     lap("support")
 
-    if (options.min_sqnr_db is not None or options.max_accuracy_drop is not None) and mode != "selective":
-        raise UnsupportedError(f"--min-sqnr and --max-accuracy-drop are goals of --quantize selective, not {mode}")
-    extra_files: dict[str, bytes] = {}
-    extra_report: dict[str, Any] = dict(extra_report_early)
     plan_request = None
     if options.plan:
-        if mode not in ("naive", "hybrid"):
-            raise PlanError(f"{options.plan}: a plan file applies to --quantize naive or hybrid, not {mode}")
         plan_request = read_plan(options.plan, model)  # before any calibration work
     specs = input_specs(model)
     preprocessing = ImagePreprocessing.from_file(options.preprocessing) if options.preprocessing else None
