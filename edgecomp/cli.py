@@ -57,6 +57,8 @@ def _bytes(count: int | None) -> str:
 
 
 def _format(value: Any) -> str:
+    if value is None:
+        return "-"
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
@@ -71,6 +73,15 @@ def _scalar_rows(metadata: dict[str, Any], prefix: str) -> list[tuple[str, str]]
         elif isinstance(value, dict):
             rows.extend(_scalar_rows(value, f"{prefix}: {key}"))
     return rows
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    table = Table(title=title)
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*row)
+    stdout.print(table)
 
 
 def _print_report(report: dict[str, Any]) -> None:
@@ -90,27 +101,22 @@ def _print_report(report: dict[str, Any]) -> None:
         summary.add_row(key, value)
     summary.add_row("time", ", ".join(f"{stage} {seconds:.2f}s" for stage, seconds in report["timings_s"].items()))
     stdout.print(summary)
-    artifacts = Table(title="artifacts")
-    for column in ("path", "bytes", "sha256"):
-        artifacts.add_column(column, overflow="fold")
-    for entry in report["artifacts"]:
-        artifacts.add_row(entry["path"], f"{entry['bytes']:,}", entry["sha256"][:16])
-    stdout.print(artifacts)
+    _print_table("artifacts", ("path", "bytes", "sha256"),
+                 [(entry["path"], f"{entry['bytes']:,}", entry["sha256"][:16]) for entry in report["artifacts"]])
     selective = report.get("selective")
     if selective:
-        table = Table(title=f"selective: layer sensitivity (all-int8 SQNR {selective['all_int8_sqnr_db']:.2f} dB); chart in sensitivity.png")
-        for column in ("node", "op", "only this int8 (dB)", "all but this (dB)", "gain (dB)", "kept float"):
-            table.add_column(column)
         floated = set(selective["float_nodes"])
-        for row in selective["sensitivity"]:
-            table.add_row(row["node"], row["op_type"], _format(row["only_this_int8_db"]), _format(row["all_but_this_db"]), _format(row["gain_db"]), "yes" if row["node"] in floated else "")
-        stdout.print(table)
-        search = Table(title=f"selective: search for {selective['goal']}")
-        for column in ("float layers", "SQNR (dB)", "accuracy", "meets goal"):
-            search.add_column(column)
-        for step in selective["search"]:
-            search.add_row(", ".join(step["float_layers"]) or "-", _format(step["sqnr_db"]), _format(step["accuracy"]), str(step["meets_goal"]))
-        stdout.print(search)
+        _print_table(
+            f"selective: layer sensitivity (all-int8 SQNR {selective['all_int8_sqnr_db']:.2f} dB); chart in sensitivity.png",
+            ("node", "op", "only this int8 (dB)", "all but this (dB)", "gain (dB)", "kept float"),
+            [(row["node"], row["op_type"], _format(row["only_this_int8_db"]), _format(row["all_but_this_db"]), _format(row["gain_db"]),
+              "yes" if row["node"] in floated else "") for row in selective["sensitivity"]],
+        )
+        _print_table(
+            f"selective: search for {selective['goal']}", ("float layers", "SQNR (dB)", "accuracy", "meets goal"),
+            [(", ".join(step["float_layers"]) or "-", _format(step["sqnr_db"]), _format(step["accuracy"]), str(step["meets_goal"]))
+             for step in selective["search"]],
+        )
     evaluation = report.get("evaluation")
     if evaluation:
         table = Table(title=f"FP32 vs compiled on {evaluation['samples']} evaluation samples")
