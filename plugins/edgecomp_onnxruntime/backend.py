@@ -75,26 +75,16 @@ def convert_to_ort_format(onnx_bytes: bytes) -> tuple[bytes, bool]:
     Raises:
         VerificationError: ONNX Runtime failed to convert the model (its first error line).
     """
-    command = [sys.executable, "-c", _ORT_CONVERT_SCRIPT]
+    plain = [sys.executable, "-c", _ORT_CONVERT_SCRIPT]
     setarch = shutil.which("setarch")
-    if setarch:
-        command = [setarch, platform.machine(), "-R", *command]
-    result = subprocess.run(command, input=onnx_bytes, capture_output=True, env={}, cwd="/")
-    if result.returncode != 0 and setarch:  # setarch refused (e.g. a seccomp sandbox): no -R
-        return convert_to_ort_format_unpinned(onnx_bytes)
-    if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip().splitlines()
-        raise VerificationError(f"ONNX Runtime could not write the .ort file: {message[-1] if message else 'unknown error'}")
-    return result.stdout, bool(setarch)
-
-
-def convert_to_ort_format_unpinned(onnx_bytes: bytes) -> tuple[bytes, bool]:
-    """:func:`convert_to_ort_format` without ``setarch`` (not byte-reproducible)."""
-    result = subprocess.run([sys.executable, "-c", _ORT_CONVERT_SCRIPT], input=onnx_bytes, capture_output=True, env={}, cwd="/")
-    if result.returncode != 0:
-        message = result.stderr.decode(errors="replace").strip().splitlines()
-        raise VerificationError(f"ONNX Runtime could not write the .ort file: {message[-1] if message else 'unknown error'}")
-    return result.stdout, False
+    attempts = ([[setarch, platform.machine(), "-R", *plain]] if setarch else []) + [plain]
+    for pinned, command in zip((True, False) if setarch else (False,), attempts):
+        # without setarch, or when it is refused (e.g. a seccomp sandbox), run without -R
+        result = subprocess.run(command, input=onnx_bytes, capture_output=True, env={}, cwd="/")
+        if result.returncode == 0:
+            return result.stdout, pinned
+    message = result.stderr.decode(errors="replace").strip().splitlines()
+    raise VerificationError(f"ONNX Runtime could not write the .ort file: {message[-1] if message else 'unknown error'}")
 
 
 def output_quantization_steps(model: ir.Model) -> list[float | None]:
