@@ -66,6 +66,9 @@ class LowerOptions:
             the compile does not quantize.
         get_backend: looks up another registered backend by name (the ``c-array`` backend embeds
             another backend's artifact).
+        backend_options: backend-specific settings (``--backend-option KEY=VALUE``), already
+            checked by the pipeline against the backend's ``option_choices`` (an optional
+            attribute: key -> tuple of allowed values); empty when none were given.
     """
 
     quantize: str = "none"
@@ -75,6 +78,7 @@ class LowerOptions:
     io_layout: str | None = None
     quantization_plan: str | None = None
     get_backend: Callable[[str], "Backend"] | None = None
+    backend_options: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass

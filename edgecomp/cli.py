@@ -134,6 +134,17 @@ def _print_report(report: dict[str, Any]) -> None:
         stdout.print(table)
 
 
+def _key_values(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str], ...]:
+    """``KEY=VALUE`` strings -> ``(key, value)`` pairs (a usage error, exit 2, otherwise)."""
+    pairs = []
+    for text in values:
+        key, sep, value = text.partition("=")
+        if not sep or not key.strip() or not value.strip():
+            raise click.BadParameter(f"{text!r} is not KEY=VALUE")
+        pairs.append((key.strip(), value.strip()))
+    return tuple(pairs)
+
+
 @cli.command("compile")
 @click.argument("model")
 @click.option("-t", "--target", required=True, help="Target name (see `edgecomp targets`) or path to a target .toml.")
@@ -160,8 +171,12 @@ def _print_report(report: dict[str, Any]) -> None:
 @click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size for models with a dynamic batch axis.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), default=None, help="Write the model after every pass to this folder.")
 @click.option("--io-layout", type=click.Choice(["nchw", "nhwc"]), default=None, help="Layout of 4-D inputs/outputs in the artifact (default: the ONNX model's).")
+@click.option(
+    "--backend-option", "backend_options", multiple=True, callback=_key_values, metavar="KEY=VALUE",
+    help="A backend setting, repeatable; `edgecomp plugins` lists each backend's options (tflite: weights=float32|float16, dynamic_kernels=auto|hybrid|dequantize, grouped_convolution=native|split).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the compile report as JSON on stdout.")
-def compile_command(model, target, backend, quantize, int8_ops, equalize, bias_correction, min_sqnr_db, max_accuracy_drop, plan_path, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, io_layout, as_json) -> None:
+def compile_command(model, target, backend, quantize, int8_ops, equalize, bias_correction, min_sqnr_db, max_accuracy_drop, plan_path, calibration, calibration_method, calibration_limit, preprocessing, eval_path, output, batch_size, dump_ir, io_layout, backend_options, as_json) -> None:
     """Compile MODEL (ONNX) for a target and write the artifacts and quantization plan."""
     from rich.progress import Progress
 
@@ -170,7 +185,7 @@ def compile_command(model, target, backend, quantize, int8_ops, equalize, bias_c
     options = CompileOptions(
         model=model, target=target, backend=backend, quantize=quantize, calibration=calibration,
         calibration_method=calibration_method, calibration_limit=calibration_limit, preprocessing=preprocessing,
-        eval=eval_path, output=output, batch_size=batch_size, dump_ir=dump_ir, io_layout=io_layout,
+        eval=eval_path, output=output, batch_size=batch_size, dump_ir=dump_ir, io_layout=io_layout, backend_options=backend_options,
         int8_ops=tuple(op.strip() for op in int8_ops.split(",") if op.strip()), plan=plan_path,
         min_sqnr_db=min_sqnr_db, max_accuracy_drop=max_accuracy_drop, equalize=equalize, bias_correction=bias_correction,
     )
@@ -257,8 +272,9 @@ def plugins_command(as_json) -> None:
 
     rows = plugin_list()
     found = {name: backend.description for name, backend in backends().items()}
+    options = {name: {key: list(values) for key, values in (getattr(backend, "option_choices", {}) or {}).items()} for name, backend in backends().items()}
     if as_json:
-        click.echo(json.dumps({"plugins": rows, "backends": found}, indent=2, sort_keys=True))
+        click.echo(json.dumps({"plugins": rows, "backends": found, "backend_options": options}, indent=2, sort_keys=True))
         return
     table = Table(title="plugins")
     for column in ("plugin", "version", "hooks", "registered", "problem"):
@@ -270,8 +286,9 @@ def plugins_command(as_json) -> None:
     backend_table = Table(title="backends")
     backend_table.add_column("name")
     backend_table.add_column("description")
+    backend_table.add_column("--backend-option")
     for name, description in found.items():
-        backend_table.add_row(name, description)
+        backend_table.add_row(name, description, "; ".join(f"{key}={'|'.join(values)}" for key, values in options[name].items()))
     stdout.print(backend_table)
 
 

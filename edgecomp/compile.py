@@ -78,6 +78,8 @@ class CompileOptions:
         output: output folder; None means ``<model stem>-<target>`` in the working directory.
         batch_size: calibration/eval batch size for models with a dynamic batch dimension.
         dump_ir: folder to write the model after every pass (debugging), or None.
+        backend_options: ``(key, value)`` pairs for the backend (``--backend-option``), checked
+            against the backend's ``option_choices`` before any work.
         io_layout: ``"nchw"``/``"nhwc"`` for 4-D inputs/outputs of the artifact, None keeps the
             ONNX layout (see :class:`edgecomp.backend.LowerOptions`).
     """
@@ -95,6 +97,7 @@ class CompileOptions:
     batch_size: int = 32
     dump_ir: str | None = None
     io_layout: str | None = None
+    backend_options: tuple[tuple[str, str], ...] = ()
     int8_ops: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
     plan: str | None = None
     min_sqnr_db: float | None = None
@@ -202,6 +205,18 @@ def _refresh_plan(plan: QuantizationPlan, model, backend_name: str) -> Quantizat
 def _has_float_parts(model) -> bool:
     """True when a Conv/Gemm/MatMul of a QDQ model runs in float (a mixed QAT model)."""
     return any(entry.precision == "fp32" and entry.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") for entry in plan_from_qdq(model).nodes)
+
+
+def _check_backend_options(backend, pairs: tuple[tuple[str, str], ...]) -> None:
+    """Every ``--backend-option`` key must be one of the backend's ``option_choices`` and its value
+    one of the allowed values (UnsupportedError naming the key, before any work)."""
+    choices = getattr(backend, "option_choices", {}) or {}
+    for key, value in pairs:
+        if key not in choices:
+            known = ", ".join(sorted(choices)) or "none"
+            raise UnsupportedError(f"backend {backend.name!r} has no option {key!r} (its options: {known})")
+        if value not in choices[key]:
+            raise UnsupportedError(f"backend {backend.name!r}: option {key}={value!r} is not one of {', '.join(choices[key])}")
 
 
 def _check_mode_options(options: CompileOptions, mode: str) -> None:
@@ -338,6 +353,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     if mode == "qat" and not has_qdq(model):
         raise UnsupportedError(f"{model_path}: --quantize qat needs a model with QuantizeLinear/DequantizeLinear nodes; this one has none")
     _check_mode_options(options, mode)
+    _check_backend_options(backend, options.backend_options)
     lap("load")
 
     instruments: list = [PassTiming()]
@@ -460,13 +476,16 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             model_name=model_path.stem,
             get_backend=get_backend,
             io_layout=options.io_layout,
+            backend_options=dict(options.backend_options),
             quantization_plan=plan.to_json() if plan is not None else None,
         ),
     )
     lap("lower")
     if plan is not None and artifact.model is not None:
         plan = _refresh_plan(plan, artifact.model, backend.name)
-    memory = _plan_memory(artifact.model or model, mode != "none", target)
+    # a backend that plans its own arena (the c backend) reports it and checks the RAM budget itself
+    backend_memory = artifact.metadata.get("memory")
+    memory = backend_memory if isinstance(backend_memory, dict) else _plan_memory(artifact.model or model, mode != "none", target)
     if target.flash_bytes is not None and artifact.flash_bytes > target.flash_bytes:
         raise BudgetError(
             f"artifact of backend {backend.name!r} needs {artifact.flash_bytes} bytes of flash; target {target.name!r} has {target.flash_bytes}"

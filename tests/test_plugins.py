@@ -48,7 +48,7 @@ def test_first_party_backends_come_from_entry_points():
 
 
 def test_unknown_backend_lists_installed():
-    with pytest.raises(PluginError, match="unknown backend 'nope'; installed backends: c-array, .*onnxruntime.*tflite"):
+    with pytest.raises(PluginError, match="unknown backend 'nope'; installed backends: c, c-array, .*onnxruntime.*tflite"):
         get_backend("nope")
 
 
@@ -73,7 +73,7 @@ class EchoBackend:
 
 def test_edgecomp_register_backends_and_targets(edgecomp_register, tmp_path):
     target_file = tmp_path / "my-board.toml"
-    target_file.write_text((ROOT / "targets" / "cortex-m7.toml").read_text().replace('"cortex-m7"', '"my-board"').replace('default_backend = "c-array"', 'default_backend = "echo"'))
+    target_file.write_text((ROOT / "targets" / "cortex-m7.toml").read_text().replace('"cortex-m7"', '"my-board"').replace('default_backend = "c"', 'default_backend = "echo"'))
     plugin = types.SimpleNamespace()
 
     @hookimpl

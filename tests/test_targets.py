@@ -13,7 +13,7 @@ from edgecomp.targets import get_target, load_target_file, target_files
 def test_builtin_targets():
     assert {"cortex-m4", "cortex-m7", "host-x86_64", "rpi4-aarch64"} <= set(target_files())
     m4 = get_target("cortex-m4")
-    assert (m4.kind, m4.default_backend, m4.flash_bytes, m4.ram_bytes) == ("mcu", "c-array", 1048576, 196608)
+    assert (m4.kind, m4.default_backend, m4.flash_bytes, m4.ram_bytes) == ("mcu", "c", 1048576, 196608)
     assert m4.c_array.section == ".rodata.edgecomp_model" and m4.toolchain.cc == "arm-none-eabi-gcc"
     assert get_target("host-x86_64").flash_bytes is None
 

@@ -100,6 +100,8 @@ class TFLiteBackend:
     """
 
     name = "tflite"
+    #: ``--backend-option`` keys and values (the constructor arguments of the same names).
+    option_choices = {"weights": WEIGHT_TYPES, "dynamic_kernels": DYNAMIC_KERNELS, "grouped_convolution": ("native", "split")}
     description = ".tflite flatbuffer (LiteRT, TFLite Micro) written directly: float32, full-integer int8 (naive, QAT scales kept), hybrid, dynamic range; channels-last; verified in LiteRT"
 
     def __init__(
@@ -164,6 +166,9 @@ class TFLiteBackend:
     def lower(self, model: ir.Model, target: Target, options: LowerOptions) -> Artifact:
         """Lower ``model`` to ``<model_name>.tflite`` and verify it in LiteRT when given data.
 
+        ``options.backend_options`` (``--backend-option``) override the constructor's ``weights``,
+        ``dynamic_kernels`` and ``grouped_convolution`` for this call.
+
         Raises:
             UnsupportedError: the mode is refused (see :meth:`support`), or a node cannot be lowered
                 (including element types only the quantized IR shows, e.g. a Softmax whose output
@@ -172,6 +177,15 @@ class TFLiteBackend:
                 simulation when quantized): a float output by more than 1e-4 of its range, a
                 quantized one by more than 1 LSB on more than 1% of its elements.
         """
+        if options.backend_options:
+            configured = TFLiteBackend(
+                self.settings.io_layout,
+                options.backend_options.get("grouped_convolution", self.settings.grouped_convolution),
+                weights=options.backend_options.get("weights", self.weights),
+                dynamic_kernels=options.backend_options.get("dynamic_kernels", self.dynamic_kernels),
+                embed_plan=self.embed_plan,
+            )
+            return configured.lower(model, target, dataclasses.replace(options, backend_options={}))
         mode = options.quantize
         problem = self._mode_problem(model, mode)
         if problem is not None:

@@ -34,18 +34,22 @@ class LiteRTRunner:
     Args:
         lowered: the lowered model (bytes, I/O names and layouts).
         num_threads: interpreter threads (1: reproducible timing and results).
+        reference_kernels: run LiteRT's reference kernels (``OpResolverType.BUILTIN_REF``, the
+            bit-exact int8 reference) instead of the default optimized kernels and delegates.
     """
 
-    def __init__(self, lowered: LoweredModel, num_threads: int = 1) -> None:
+    def __init__(self, lowered: LoweredModel, num_threads: int = 1, *, reference_kernels: bool = False) -> None:
         self.lowered = lowered
         self.num_threads = num_threads
+        self.reference_kernels = reference_kernels
         self._interpreter = None
         self._shapes: list[tuple[int, ...]] = []
 
     def _open(self):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        interpreter = Interpreter(model_content=self.lowered.data, num_threads=self.num_threads)
+        resolver = OpResolverType.BUILTIN_REF if self.reference_kernels else OpResolverType.AUTO
+        interpreter = Interpreter(model_content=self.lowered.data, num_threads=self.num_threads, experimental_op_resolver_type=resolver)
         interpreter.allocate_tensors()
         self._shapes = [tuple(detail["shape"]) for detail in interpreter.get_input_details()]
         return interpreter

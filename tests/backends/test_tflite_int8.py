@@ -28,9 +28,7 @@ import onnx_ir as ir
 import pytest
 from ai_edge_litert import schema_py_generated as schema
 from canonicalize_support import (
-    AD_DATA,
     AD_FLOAT,
-    IC_FLOAT,
     KWS_FLOAT,
     VWW_FLOAT,
     image_batch,
@@ -41,94 +39,27 @@ from edgecomp_tflite.backend import TFLiteBackend
 from edgecomp_tflite.runner import operator_groups
 from edgecomp_tflite.versions import builtin_name
 from edgecomp_tflite.writer import read_model
-from realdata import ASSETS, MLPERF, MNIST_CALIB, MNIST_EVAL, MNIST_MODEL, ROOT
+from model_zoo import (
+    OFFICIAL,
+    OFFICIAL_PARAMS,
+    TARGET,
+    ad_windows,
+    canonical,
+    int8_inputs,
+    litert_rows,
+    mnist_digits,
+    naive_model,
+    needs_ad_data,
+    tflm_rows,
+)
+from realdata import MNIST_CALIB, MNIST_EVAL, MNIST_MODEL, ROOT
 
 from edgecomp.backend import LowerOptions
 from edgecomp.compile import CompileOptions, compile_model
 from edgecomp.errors import UnsupportedError
-from edgecomp.ir.load import load_model, to_bytes
+from edgecomp.ir.load import to_bytes
 from edgecomp.ir.run import make_session
-from edgecomp.passes.base import PassManager
-from edgecomp.passes.canonicalize import canonicalization_passes
 from edgecomp.passes.quantize.naive import quantize_int8, quantize_weights_only
-from edgecomp.targets import get_target
-
-TARGET = get_target("host-x86_64")
-HELLO_WORLD = ASSETS / "tflm" / "hello_world" / "hello_world_float.onnx"
-MICRO_SPEECH = ASSETS / "tflm" / "micro_speech"
-needs_ad_data = pytest.mark.skipif(not AD_DATA.exists(), reason="AD log-mel data is only in the shared store")
-
-#: name -> (QDQ twin, official int8 .tflite)
-OFFICIAL = {
-    "kws": (MLPERF / "kws" / "kws_ref_model_int8_qdq.onnx", MLPERF / "kws" / "kws_ref_model.tflite"),
-    "vww": (MLPERF / "vww" / "vww_96_int8_qdq.onnx", MLPERF / "vww" / "vww_96_int8.tflite"),
-    "ic": (MLPERF / "ic" / "pretrainedResnet_quant_qdq.onnx", MLPERF / "ic" / "pretrainedResnet_quant.tflite"),
-    "ad": (MLPERF / "ad" / "ad01_int8_qdq.onnx", MLPERF / "ad" / "ad01_int8.tflite"),
-    "micro_speech": (MICRO_SPEECH / "micro_speech_quantized_qdq.onnx", MICRO_SPEECH / "micro_speech_quantized.tflite"),
-    "sww": (MLPERF / "sww" / "str_ww_ref_model_qdq.onnx", MLPERF / "sww" / "str_ww_ref_model.tflite"),
-}
-OFFICIAL_PARAMS = [pytest.param(name, marks=needs_ad_data) if name == "ad" else name for name in OFFICIAL]
-
-
-# ------------------------------------------------------------------------------------------ data
-
-
-def mnist_digits(count: int, split=MNIST_EVAL) -> np.ndarray:
-    return np.load(split)["x"][:count].astype(np.float32)
-
-
-def ad_windows() -> np.ndarray:
-    return np.fromfile(AD_DATA, np.float32).reshape(40, 640)  # 40 windows of 5 frames x 128 mel bins
-
-
-def int8_inputs(name: str) -> np.ndarray:
-    """The real data of each official int8 model, quantized with its input parameters (shared README)."""
-    if name == "kws":
-        return kws_input_int8()
-    if name in ("vww", "ic"):  # vww: q = pixel - 128 (scale 1/255, zp -128); ic: q = pixel - 128 (scale 1, zp -128)
-        return (np.round(image_batch(96 if name == "vww" else 32, 1.0)) - 128).astype(np.int8)
-    if name == "ad":
-        return np.clip(np.round(ad_windows() / 0.3910152316093445) + 89, -128, 127).astype(np.int8)
-    if name == "micro_speech":
-        return np.stack([np.load(MICRO_SPEECH / f"{word}_1000ms_features_int8.npy").reshape(1960) for word in ("yes", "no", "silence", "noise")])
-    if name == "sww":
-        specs = np.load(MLPERF / "sww" / "calibration_samples.npz")["specs"]
-        return np.clip(np.round(specs / 0.003701042616739869) - 128, -128, 127).astype(np.int8)
-    raise KeyError(name)
-
-
-def float_inputs(name: str) -> tuple:
-    """(float model, input name, real input batches) for the naive INT8 cases."""
-    if name == "mnist":
-        return MNIST_MODEL, "Input3", [digit[None] for digit in mnist_digits(32)]
-    if name == "kws":
-        return KWS_FLOAT, "input_1", [kws_input_float()]
-    if name == "vww":
-        return VWW_FLOAT, "input_1", [image_batch(96, 1 / 255)]
-    if name == "ic":
-        return IC_FLOAT, "input_1", [image_batch(32, 1.0)]
-    if name == "ad":
-        return AD_FLOAT, "input_1", [ad_windows()]
-    if name == "hello_world":
-        return HELLO_WORLD, "serving_default_dense_input:0", [np.linspace(0.0, 2 * np.pi, 200, dtype=np.float32).reshape(200, 1)]
-    raise KeyError(name)
-
-
-# ------------------------------------------------------------------------------------------ helpers
-
-
-def canonical(path, *, fold: bool) -> ir.Model:
-    return PassManager(canonicalization_passes(fold_weight_dequantize=fold))(load_model(path)).model
-
-
-def naive_model(name: str):
-    """(QDQ IR quantized by edgecomp's naive INT8 on the real data, input name, batches)."""
-    path, input_name, batches = float_inputs(name)
-    model = canonical(path, fold=True)
-    feeds = [{input_name: batch} for batch in batches]
-    quantize_int8(model, feeds, method="minmax")
-    return model, input_name, feeds
-
 
 _CACHE: dict = {}
 
@@ -162,34 +93,6 @@ def kind(model, op) -> str:
 def operator_names(data: bytes) -> list[str]:
     model = read_model(data)
     return [kind(model, op) for op in model.subgraphs[0].operators]
-
-
-def litert_rows(data: bytes, x: np.ndarray, resolver: str = "AUTO") -> np.ndarray:
-    """LiteRT output 0 for every row of ``x`` (one invoke per row, batch 1)."""
-    from ai_edge_litert.interpreter import Interpreter, OpResolverType
-
-    interpreter = Interpreter(model_content=data, num_threads=1, experimental_op_resolver_type=getattr(OpResolverType, resolver))
-    interpreter.allocate_tensors()
-    index_in, index_out = interpreter.get_input_details()[0]["index"], interpreter.get_output_details()[0]["index"]
-    outputs = []
-    for row in x:
-        interpreter.set_tensor(index_in, np.ascontiguousarray(row[None]))
-        interpreter.invoke()
-        outputs.append(interpreter.get_tensor(index_out).copy())
-    return np.concatenate(outputs)
-
-
-def tflm_rows(data: bytes, x: np.ndarray) -> np.ndarray:
-    """TensorFlow Lite Micro's output 0 for every row of ``x`` (it has no dynamic batch)."""
-    from tflite_micro.python.tflite_micro import runtime
-
-    interpreter = runtime.Interpreter.from_bytes(data, arena_size=1 << 21)  # raises when TFLM refuses an op (version)
-    outputs = []
-    for row in x:
-        interpreter.set_input(np.ascontiguousarray(row[None]), 0)
-        interpreter.invoke()
-        outputs.append(interpreter.get_output(0).copy())
-    return np.concatenate(outputs)
 
 
 def output_scale(data: bytes) -> float:
@@ -790,3 +693,45 @@ def test_cli_lists_every_unsupported_node_for_int8_with_exit_code_7(tmp_path):
     inspected = subprocess.run([sys.executable, "-m", "edgecomp", "inspect", str(path), "--json"], check=False, capture_output=True, text=True, cwd=ROOT)
     listed = json.loads(inspected.stdout)["support"]["tflite"]
     assert [(u["node"], u["op_type"], u["reason"]) for u in listed] == [(r.name, "Softplus", "no TFLite lowering for ONNX Softplus") for r in relus]
+
+
+# ------------------------------------------------------------------------------------------ --backend-option
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "edgecomp", *args], capture_output=True, text=True, cwd=ROOT)
+
+
+def test_backend_option_weights_float16_from_the_cli(tmp_path):
+    """``--backend-option weights=float16`` reaches the tflite backend: half the file, DEQUANTIZE per weight."""
+    files = {}
+    for weights in ("float32", "float16"):
+        out = tmp_path / weights
+        result = _cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tflite", "-q", "none", "--backend-option", f"weights={weights}", "-o", str(out), "--json")
+        assert result.returncode == 0, result.stderr
+        report = json.loads(result.stdout)
+        files[weights] = (out / "mnist-8.tflite").read_bytes()
+        assert report["backend_metadata"]["precision"] == ("float16 weights" if weights == "float16" else "float32")
+    assert len(files["float16"]) < 0.6 * len(files["float32"])
+    assert operator_names(files["float16"]).count("DEQUANTIZE") == 3  # two convolution filters, one dense matrix
+
+
+def test_backend_option_dynamic_kernels_from_the_cli(tmp_path):
+    out = tmp_path / "dyn"
+    result = _cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tflite", "-q", "dynamic", "--backend-option", "dynamic_kernels=dequantize", "-o", str(out), "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["backend_metadata"]["dynamic_kernels"] == "dequantize"
+    assert "DEQUANTIZE" in operator_names((out / "mnist-8.tflite").read_bytes())
+
+
+def test_backend_option_errors_name_the_key_before_any_work(tmp_path):
+    out = tmp_path / "out"
+    unknown = _cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tflite", "-q", "none", "--backend-option", "weight=float16", "-o", str(out))
+    assert unknown.returncode == 7 and "no option 'weight'" in unknown.stderr and "weights" in unknown.stderr
+    bad_value = _cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tflite", "-q", "none", "--backend-option", "weights=int4", "-o", str(out))
+    assert bad_value.returncode == 7 and "weights='int4'" in bad_value.stderr and "float16" in bad_value.stderr
+    malformed = _cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "--backend-option", "weights", "-o", str(out))
+    assert malformed.returncode == 2 and "KEY=VALUE" in malformed.stderr
+    assert not out.exists()
+    listed = json.loads(_cli("plugins", "--json").stdout)["backend_options"]
+    assert listed["tflite"]["weights"] == ["float32", "float16"] and listed["onnxruntime"] == {}
