@@ -20,7 +20,17 @@ from edgecomp import __version__
 from edgecomp.errors import EdgecompError
 
 # Piped output (a build log) gets wide tables instead of rich's 80-column default.
-stdout = Console(width=None if sys.stdout.isatty() else 160)
+class _Console(Console):
+    """rich's Console, but a closed stdout pipe (``edgecomp ... | head``) after the work is done and
+    written is no error: exit 0, not rich's 1 (which the README reserves for internal errors)."""
+
+    def on_broken_pipe(self) -> None:
+        self.quiet = True
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise SystemExit(0)
+
+
+stdout = _Console(width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True)
 
 
@@ -39,6 +49,9 @@ class _Group(click.Group):
             _fail(error)
         except (click.exceptions.Exit, click.ClickException, click.Abort):
             raise
+        except BrokenPipeError:  # click.echo into a closed pipe: as _Console.on_broken_pipe
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            sys.exit(0)
         except Exception as error:  # a bug in edgecomp or a plugin: one line, exit code 1
             if os.environ.get("EDGECOMP_DEBUG"):
                 raise

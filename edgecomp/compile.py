@@ -35,6 +35,7 @@ from edgecomp.passes.quantize.observers import METHODS
 from edgecomp.passes.quantize.plan import QuantizationPlan
 from edgecomp.passes.quantize.plan_file import read_plan
 from edgecomp.passes.quantize.qat import complete_qat, has_qdq, plan_from_qdq
+from edgecomp.passes.quantize.qdq import largest_weight
 from edgecomp.plugins import get_backend
 from edgecomp.targets import get_target
 
@@ -207,6 +208,15 @@ def _has_float_parts(model) -> bool:
     return any(entry.precision == "fp32" and entry.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") for entry in plan_from_qdq(model).nodes)
 
 
+def _quantization_rules(backend, target):
+    """The backend's :class:`~edgecomp.passes.quantize.qdq.QuantizationRules` for ``target``
+    (its optional ``quantization_rules(target)``), else the TFLite int8 defaults."""
+    from edgecomp.passes.quantize.qdq import DEFAULT_RULES
+
+    method = getattr(backend, "quantization_rules", None)
+    return method(target) if callable(method) else DEFAULT_RULES
+
+
 def _check_backend_options(backend, pairs: tuple[tuple[str, str], ...]) -> None:
     """Every ``--backend-option`` key must be one of the backend's ``option_choices`` and its value
     one of the allowed values (UnsupportedError naming the key, before any work)."""
@@ -331,7 +341,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     def lap(stage: str) -> None:
         nonlocal clock
         now = time.perf_counter()
-        timings[stage] = round(now - clock, 4)
+        timings[stage] = round(timings.get(stage, 0.0) + now - clock, 4)  # a stage run twice (re-quantizing) adds up
         clock = now
 
     if options.quantize not in QUANTIZE_MODES:
@@ -399,88 +409,112 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             taken += len(next(iter(batch.values())))
             if taken >= VERIFICATION_SAMPLES:
                 break
-    if mode == "qat" and calibration is not None and _has_float_parts(model):
-        plan = complete_qat(model, calibration.batches(options.batch_size), options.calibration_method)
-    elif mode == "qat":
-        plan = plan_from_qdq(model)
-    elif mode == "dynamic":
-        from edgecomp.passes.quantize.naive import quantize_weights_only
 
-        plan = quantize_weights_only(model)
-    elif mode in CALIBRATED_MODES:
-        from edgecomp.passes.quantize.naive import Int8QuantizationPass, hybrid_chooser
+    def quantize(model, rules):
+        """The quantization stage with the backend's rules: (model, plan); extra_files and
+        extra_report get the selective chart/report and the bias corrections."""
+        plan = None
+        if mode == "qat" and calibration is not None and _has_float_parts(model):
+            plan = complete_qat(model, calibration.batches(options.batch_size), options.calibration_method, rules=rules)
+        elif mode == "qat":
+            plan = plan_from_qdq(model)
+        elif mode == "dynamic":
+            from edgecomp.passes.quantize.naive import quantize_weights_only
 
-        total = calibration.num_samples
-        done = 0
+            plan = quantize_weights_only(model, rules)
+        elif mode in CALIBRATED_MODES:
+            from edgecomp.passes.quantize.naive import Int8QuantizationPass, hybrid_chooser
 
-        def tick(count: int) -> None:
-            nonlocal done
-            done += count
-            if progress is not None:
-                progress("calibrate", done, total)
+            total = calibration.num_samples
+            done = 0
 
-        if mode == "selective":
-            from edgecomp.passes.quantize.selective import SelectiveQuantizationPass
-            from edgecomp.report_plots import sensitivity_bar_chart
+            def tick(count: int) -> None:
+                nonlocal done
+                done += count
+                if progress is not None:
+                    progress("calibrate", done, total)
 
-            labelled = eval_data is not None and eval_data.labels is not None
-            quantizer = SelectiveQuantizationPass(
-                calibration.batches(options.batch_size), min_sqnr_db=options.min_sqnr_db, max_accuracy_drop=options.max_accuracy_drop,
-                eval_batches=list(eval_data.batches(options.batch_size)) if labelled else None,
-                eval_labels=eval_data.labels if labelled else None, compare_uniform_methods=True, progress=tick,
+            if mode == "selective":
+                from edgecomp.passes.quantize.selective import SelectiveQuantizationPass
+                from edgecomp.report_plots import sensitivity_bar_chart
+
+                labelled = eval_data is not None and eval_data.labels is not None
+                quantizer = SelectiveQuantizationPass(
+                    calibration.batches(options.batch_size), min_sqnr_db=options.min_sqnr_db, max_accuracy_drop=options.max_accuracy_drop,
+                    eval_batches=list(eval_data.batches(options.batch_size)) if labelled else None,
+                    eval_labels=eval_data.labels if labelled else None, compare_uniform_methods=True, progress=tick, rules=rules,
+                )
+                model = PassManager([quantizer], instruments)(model).model
+                plan, selective = quantizer.plan, quantizer.result
+                extra_files[SENSITIVITY_CHART] = sensitivity_bar_chart(selective.sensitivities, None, all_int8_db=selective.all_int8_sqnr_db)
+                extra_report["selective"] = selective.report()
+        if mode in ("naive", "hybrid"):
+            choose = hybrid_chooser(options.int8_ops) if mode == "hybrid" else None
+            tensor_methods, fixed_params = {}, {}
+            if plan_request is not None:
+                choose, tensor_methods, fixed_params = plan_request.choose, plan_request.tensor_methods, plan_request.fixed_params
+            quantizer = Int8QuantizationPass(
+                calibration.batches(options.batch_size), method=options.calibration_method, choose=choose,
+                tensor_methods=tensor_methods, fixed_params=fixed_params, mode=mode, progress=tick, rules=rules,
             )
             model = PassManager([quantizer], instruments)(model).model
-            plan, selective = quantizer.plan, quantizer.result
-            extra_files[SENSITIVITY_CHART] = sensitivity_bar_chart(selective.sensitivities, None, all_int8_db=selective.all_int8_sqnr_db)
-            extra_report["selective"] = selective.report()
-    if mode in ("naive", "hybrid"):
-        choose = hybrid_chooser(options.int8_ops) if mode == "hybrid" else None
-        tensor_methods, fixed_params = {}, {}
-        if plan_request is not None:
-            choose, tensor_methods, fixed_params = plan_request.choose, plan_request.tensor_methods, plan_request.fixed_params
-        quantizer = Int8QuantizationPass(
-            calibration.batches(options.batch_size), method=options.calibration_method, choose=choose,
-            tensor_methods=tensor_methods, fixed_params=fixed_params, mode=mode, progress=tick,
-        )
-        model = PassManager([quantizer], instruments)(model).model
-        plan = quantizer.plan
-    if options.bias_correction and plan is not None:
-        from edgecomp.passes.quantize.bias_correction import BiasCorrectionPass
+            plan = quantizer.plan
+        if options.bias_correction and plan is not None:
+            from edgecomp.passes.quantize.bias_correction import BiasCorrectionPass
 
-        corrector = BiasCorrectionPass(float_model, list(calibration.batches(options.batch_size)))
-        model = PassManager([corrector], instruments)(model).model
-        extra_report["bias_correction"] = {name: c.to_dict() for name, c in corrector.corrections.items()}
-        plan = dataclasses.replace(plan, notes=(*plan.notes, f"bias correction (Nagel et al. 2019, section 4.2, output error): {len(corrector.corrections)} int32 biases corrected"))
-    if options.equalize and plan is not None:
-        pairs = len(extra_report["equalization"].get("pairs", []))
-        plan = dataclasses.replace(plan, notes=(*plan.notes, f"cross-layer equalization (Nagel et al. 2019, section 4.1) on {pairs} layer pairs before quantizing"))
+            corrector = BiasCorrectionPass(float_model, list(calibration.batches(options.batch_size)))
+            model = PassManager([corrector], instruments)(model).model
+            extra_report["bias_correction"] = {name: c.to_dict() for name, c in corrector.corrections.items()}
+            plan = dataclasses.replace(plan, notes=(*plan.notes, f"bias correction (Nagel et al. 2019, section 4.2, output error): {len(corrector.corrections)} int32 biases corrected"))
+        if options.equalize and plan is not None:
+            pairs = len(extra_report["equalization"].get("pairs", []))
+            plan = dataclasses.replace(plan, notes=(*plan.notes, f"cross-layer equalization (Nagel et al. 2019, section 4.1) on {pairs} layer pairs before quantizing"))
+        return model, plan
+
+    rules = _quantization_rules(backend, target)
+    unquantized = model.clone() if mode in ("selective",) or options.bias_correction else None
+    model, plan = quantize(model, rules)
     ranges = {t.name: t.range for t in plan.tensors if t.range} if plan is not None else None
     warnings = [dataclasses.asdict(w) for w in check_model(float_model, ranges or None)]
     lap("quantize")
 
-    legalize = backend.legalize(target)
-    if legalize:
-        model = PassManager(legalize, instruments)(model).model
-    lap("legalize")
-
     # The reference is the float model; a QAT model has none, so its own QDQ simulation serves.
     reference = make_session(reference_bytes, optimize=mode != "qat")
     reference_outputs = tuple(tuple(reference.run(None, dict(batch))) for batch in verification_inputs)
-    artifact = backend.lower(
-        model,
-        target,
-        LowerOptions(
-            quantize=mode,
-            verification_inputs=tuple(verification_inputs),
-            reference_outputs=reference_outputs,
-            model_name=model_path.stem,
-            get_backend=get_backend,
-            io_layout=options.io_layout,
-            backend_options=dict(options.backend_options),
-            quantization_plan=plan.to_json() if plan is not None else None,
-        ),
-    )
-    lap("lower")
+
+    def lower(model, plan):
+        """Legalize and lower: (model as legalized, artifact)."""
+        legalize = backend.legalize(target)
+        if legalize:
+            model = PassManager(legalize, instruments)(model).model
+        lap("legalize")
+        artifact = backend.lower(
+            model,
+            target,
+            LowerOptions(
+                quantize=mode,
+                verification_inputs=tuple(verification_inputs),
+                reference_outputs=reference_outputs,
+                model_name=model_path.stem,
+                get_backend=get_backend,
+                io_layout=options.io_layout,
+                backend_options=dict(options.backend_options),
+                quantization_plan=plan.to_json() if plan is not None else None,
+            ),
+        )
+        lap("lower")
+        return model, artifact
+
+    model, artifact = lower(model, plan)
+    narrowed = largest_weight(artifact.model) if unquantized is not None and artifact.model is not None else 0
+    if 0 < narrowed < rules.weight_qmax:
+        # The backend narrowed the weights after quantizing (its kernels needed it): the selective
+        # search and bias correction were made for other weights, so quantize again with the range
+        # the artifact has, and lower that.
+        rules = dataclasses.replace(rules, weight_qmax=narrowed, weight_reason=f"the {backend.name} backend narrowed the weights while lowering ({artifact.metadata.get('weight_range', 'its kernels need it')}); quantized again with that range")
+        model, plan = quantize(unquantized, rules)
+        lap("quantize")
+        model, artifact = lower(model, plan)
     if plan is not None and artifact.model is not None:
         plan = _refresh_plan(plan, artifact.model, backend.name)
     # a backend that plans its own arena (the c backend) reports it and checks the RAM budget itself

@@ -39,3 +39,21 @@ def test_targets_and_plugins_json():
     assert {"c-array", "onnxruntime", "tflite"} <= set(plugins["backends"])
     rows = {p["name"]: p for p in plugins["plugins"]}
     assert rows["tflite"]["backends"] == ["tflite"] and rows["tflite"]["hooks"] == ["edgecomp_register_backends"]
+
+
+def test_closed_stdout_pipe_after_the_work_is_exit_0(tmp_path):
+    """``edgecomp compile ... | head -1``: the artifacts are written; a closed pipe is no error."""
+    import subprocess
+    import sys
+
+    for extra in ([], ["--json"]):
+        out = tmp_path / f"out{len(extra)}"
+        process = subprocess.Popen(
+            [sys.executable, "-m", "edgecomp", "compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tflite", "-q", "none", "-o", str(out), *extra],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        process.stdout.read(1)
+        process.stdout.close()
+        stderr = process.stderr.read().decode()
+        assert process.wait() == 0, stderr
+        assert "error" not in stderr and (out / "mnist-8.tflite").exists()

@@ -163,7 +163,7 @@ class CBackend:
         ident = c_identifier(stem)
         producer = f"edgecomp {__version__}"
         files = {
-            f"{ident}.h": emit_header(program, stem, producer=producer).encode(),
+            f"{ident}.h": emit_header(program, stem, producer=producer, layouts=_layout_names(lowered)).encode(),
             f"{ident}.c": emit_source(program, stem, producer=producer, weights_section=target.c_array.section, weights_alignment=target.c_array.alignment).encode(),
         }
         files.update(runtime_sources())
@@ -191,7 +191,7 @@ class CBackend:
         size = _target_size(files, ident, target)
         if size is not None:
             metadata["compiled_size"] = size
-            flash, flash_source = size["flash"], f"code and constants, {size['compiler']} -c and size"
+            flash, flash_source = size["flash"], f"code and constants: {size['compiler']} {' '.join(size['cflags'])} -c, then size; every kernel file counted"
         else:
             flash, flash_source = constant_bytes, "weights and parameters; the target's compiler is not installed to measure code"
         metadata["flash_bytes"] = {"bytes": flash, "measured": flash_source}
@@ -216,6 +216,17 @@ class CBackend:
         else:
             metadata["verification"] = "not run: no verification data"
         return Artifact(backend=self.name, files=files, flash_bytes=flash, metadata=metadata, runner=runner)
+
+
+def _layout_names(lowered) -> tuple[str, ...]:
+    """Per graph input then output: the element order the C API uses, in words."""
+    names = []
+    for layout in (*lowered.input_layouts, *lowered.output_layouts):
+        if layout.is_identity:
+            names.append("the ONNX model's layout")
+        else:
+            names.append(f"axes {list(layout.perm)} of the ONNX model's tensor (channels last)")
+    return tuple(names)
 
 
 def _histogram(program) -> dict[str, int]:

@@ -125,10 +125,11 @@ def call_statement(k: int | str, call: KernelCall, names: TensorNames, outputs: 
     return f"{call.function}({', '.join(args)});"
 
 
-def _io_macros(lines: list[str], upper: str, kind: str, i: int, tensor: TensorInfo) -> None:
+def _io_macros(lines: list[str], upper: str, kind: str, i: int, tensor: TensorInfo, layout: str | None = None) -> None:
     key = f"{upper}_{kind}{i}"
     shape = ", ".join(str(d) for d in tensor.shape)
-    lines.append(f"/* {kind.lower()} {i}: {_comment(tensor.name)} */")
+    where = f", {layout}" if layout else ""
+    lines.append(f"/* {kind.lower()} {i}: {_comment(tensor.name)} (row-major{where}) */")
     lines.append(f"#define {key}_BYTES {tensor.nbytes}")
     lines.append(f"#define {key}_DIMS {len(tensor.shape)}")
     lines.append(f"#define {key}_SHAPE {{{shape}}}")
@@ -148,8 +149,9 @@ def _has_float_api(program: Program) -> bool:
     return all(b.call is not None for b in program.inputs + program.outputs)
 
 
-def emit_header(program: Program, model_name: str, *, producer: str) -> str:
-    """``<name>.h``: the API and the I/O macros (module docstring)."""
+def emit_header(program: Program, model_name: str, *, producer: str, layouts: tuple[str | None, ...] = ()) -> str:
+    """``<name>.h``: the API and the I/O macros (module docstring); ``layouts`` describes each
+    input then output's element order (e.g. ``"NCHW, as the ONNX model"``) in its comment."""
     model = c_identifier(model_name)
     upper = model.upper()
     guard = f"{upper}_H"
@@ -172,10 +174,11 @@ def emit_header(program: Program, model_name: str, *, producer: str) -> str:
         f"#define {upper}_INPUT_COUNT {len(program.inputs)}",
         f"#define {upper}_OUTPUT_COUNT {len(program.outputs)}",
     ]
+    described = list(layouts) + [None] * (len(program.inputs) + len(program.outputs) - len(layouts))
     for i, boundary in enumerate(program.inputs):
-        _io_macros(lines, upper, "INPUT", i, boundary.int8_tensor)
+        _io_macros(lines, upper, "INPUT", i, boundary.int8_tensor, described[i])
     for i, boundary in enumerate(program.outputs):
-        _io_macros(lines, upper, "OUTPUT", i, boundary.int8_tensor)
+        _io_macros(lines, upper, "OUTPUT", i, boundary.int8_tensor, described[len(program.inputs) + i])
     lines += [
         "",
         "/* Copy the int8 inputs into the arena, run, copy the int8 outputs out. */",

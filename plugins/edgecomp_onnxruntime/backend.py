@@ -13,6 +13,12 @@ with :class:`VerificationError` if the loss remains. The check runs only when th
 architecture is this machine's (``host-x86_64`` compiled on x86-64): other targets' kernels cannot
 be measured here, and their weights stay full-range. The decision thus depends on the compiling
 CPU (with or without AVX-VNNI), and the report says which was taken.
+
+When the weights were narrowed, the pipeline quantizes again with [-64, 64] weights for modes
+whose choices depend on the weights (selective's search, bias correction), so the artifact's
+weights are the ones those choices were made for. Softmax/Sigmoid/Tanh outputs are calibrated
+rather than fixed at TFLite's 1/256 (:meth:`OnnxRuntimeBackend.quantization_rules`: ONNX Runtime's
+QLinearSoftmax/QLinearSigmoid take any output scale).
 """
 
 from __future__ import annotations
@@ -33,7 +39,7 @@ from edgecomp.errors import UnsupportedError, VerificationError
 from edgecomp.ir.load import to_bytes
 from edgecomp.ir.run import make_session
 from edgecomp.passes.quantize.metrics import sqnr_db
-from edgecomp.passes.quantize.qdq import narrow_weight_range
+from edgecomp.passes.quantize.qdq import QuantizationRules, largest_weight, narrow_weight_range
 
 # The fused integer kernels may lose at most this much SQNR (dB, against the FP32 model) compared
 # with the QDQ simulation. Legitimate differences (requantization rounding ties, at most one step
@@ -177,6 +183,12 @@ class OnnxRuntimeBackend:
     name = "onnxruntime"
     description = "QDQ .onnx + .ort (ONNX Runtime / ONNX Runtime Mobile), verified by running it"
 
+    def quantization_rules(self, target) -> QuantizationRules:
+        """Calibrated Softmax/Sigmoid/Tanh outputs (ONNX Runtime's int8 kernels take any output
+        scale); full-range weights: whether this CPU's fused kernels need 7-bit ones is measured
+        while lowering (module docstring), and the pipeline quantizes again when they do."""
+        return QuantizationRules(fixed_output_params=False, output_reason="ONNX Runtime's QLinearSoftmax/QLinearSigmoid take any output scale")
+
     def support(self, model: ir.Model, target) -> SupportReport:
         """Nodes ONNX Runtime's CPU execution provider has no kernel for, or a target it cannot run on.
 
@@ -220,7 +232,8 @@ class OnnxRuntimeBackend:
         elif not options.reference_outputs:
             skip = "no verification data"
         if options.quantize != "none":
-            metadata["weight_range"] = "int8 [-127, 127]"
+            qmax = largest_weight(model)
+            metadata["weight_range"] = f"int8 [-{qmax}, {qmax}]"
         if skip:
             metadata["fused_kernel_check"] = f"not run: {skip}"
         else:

@@ -16,6 +16,7 @@ Steps (one direction, no back and forth):
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable, Iterable, Mapping
 
 import numpy as np
@@ -25,7 +26,14 @@ from edgecomp.passes.base import InPlacePass, PassResult
 from edgecomp.passes.quantize.calibrate import collect_ranges
 from edgecomp.passes.quantize.observers import quantization_params
 from edgecomp.passes.quantize.plan import NodePlan, QuantizationPlan, TensorPlan
-from edgecomp.passes.quantize.qdq import quantize_activation, quantize_bias, quantize_constant, quantize_weight
+from edgecomp.passes.quantize.qdq import (
+    DEFAULT_RULES,
+    QuantizationRules,
+    quantize_activation,
+    quantize_bias,
+    quantize_constant,
+    quantize_weight,
+)
 
 INT8_OPS = frozenset(
     {
@@ -158,6 +166,7 @@ def quantize_int8(
     fixed_params: Mapping[str, tuple[float, int]] | None = None,
     mode: str = "naive",
     progress: Callable[[int], None] | None = None,
+    rules: QuantizationRules = DEFAULT_RULES,
 ) -> QuantizationPlan:
     """Quantize ``model`` in place to INT8 QDQ form and return the plan.
 
@@ -170,6 +179,7 @@ def quantize_int8(
         fixed_params: per activation tensor name, (scale, zero point) to use instead of calibrating.
         mode: the plan's mode name (``naive``, ``hybrid``, ``selective``).
         progress: called with the sample count of each calibration batch.
+        rules: the backend's weight range and fixed-output rule (:class:`QuantizationRules`).
 
     Returns:
         The :class:`QuantizationPlan` (nodes in graph order, tensors sorted by name).
@@ -196,7 +206,7 @@ def quantize_int8(
                 continue
             if value.name in fixed_params:
                 source[value] = ("fixed", fixed_params[value.name])
-            elif node.op_type in FIXED_OUTPUT_PARAMS:
+            elif rules.fixed_output_params and node.op_type in FIXED_OUTPUT_PARAMS:
                 source[value] = ("fixed", FIXED_OUTPUT_PARAMS[node.op_type])
             elif node.op_type in SHARES_INPUT_PARAMS:
                 source[value] = ("shared", _data_inputs(node)[0])
@@ -238,7 +248,7 @@ def quantize_int8(
             if not (_is_float(value) and _is_constant(value)):
                 continue
             if index == 1 and axis is not None:
-                entry = quantize_weight(graph, node, index, axis)
+                entry = quantize_weight(graph, node, index, axis, rules.weight_qmax)
                 weight_scales[node] = np.asarray(entry.scale, dtype=np.float32)
             elif index == BIAS_INPUT.get(node.op_type):
                 continue  # after the weight, which gives its scale
@@ -269,7 +279,17 @@ def quantize_int8(
             nodes.append(NodePlan(node.name, node.op_type, "int8", f"fused into {fused[node].name}: its int8 output clamps at the zero point"))
         else:
             nodes.append(NodePlan(node.name, node.op_type, "int8", f"{mode}: runs in int8" if choose else "naive: every quantizable operator runs in int8"))
-    return QuantizationPlan(mode, method, samples, tuple(nodes), tuple(sorted(tensors, key=lambda t: t.name)))
+    return QuantizationPlan(mode, method, samples, tuple(nodes), tuple(sorted(tensors, key=lambda t: t.name)), rules_notes(rules))
+
+
+def rules_notes(rules: QuantizationRules) -> tuple[str, ...]:
+    """The plan notes saying how ``rules`` differ from the TFLite int8 defaults (empty if they do not)."""
+    notes = []
+    if rules.weight_qmax != DEFAULT_RULES.weight_qmax:
+        notes.append(f"weights quantized to [-{rules.weight_qmax}, {rules.weight_qmax}]: {rules.weight_reason or 'backend rule'}")
+    if not rules.fixed_output_params:
+        notes.append(f"Softmax/Sigmoid/Tanh outputs calibrated, not fixed: {rules.output_reason or 'backend rule'}")
+    return tuple(notes)
 
 
 class Int8QuantizationPass(InPlacePass):
@@ -314,7 +334,7 @@ def hybrid_chooser(int8_ops: Iterable[str] = HYBRID_DEFAULT_OPS, int8_nodes: Ite
     return choose
 
 
-def quantize_weights_only(model: ir.Model) -> QuantizationPlan:
+def quantize_weights_only(model: ir.Model, rules: QuantizationRules = DEFAULT_RULES) -> QuantizationPlan:
     """Dynamic-range quantization: int8 per-channel weights of Conv/ConvTranspose/Gemm/MatMul, float activations.
 
     Weights are stored int8 (TFLite int8 spec layout: symmetric, zero point 0) and dequantized by a
@@ -325,8 +345,9 @@ def quantize_weights_only(model: ir.Model) -> QuantizationPlan:
     for node in list(graph):
         axis = weight_axis(node)
         if axis is not None and len(node.inputs) > 1 and _is_float(node.inputs[1]) and _is_constant(node.inputs[1]):
-            tensors.append(quantize_weight(graph, node, 1, axis))
+            tensors.append(quantize_weight(graph, node, 1, axis, rules.weight_qmax))
             nodes.append(NodePlan(node.name, node.op_type, "int8", "dynamic range: int8 weights, float activations"))
         else:
             nodes.append(NodePlan(node.name, node.op_type, "fp32", "dynamic range: only Conv/Gemm/MatMul weights are quantized"))
-    return QuantizationPlan("dynamic", "none (weights only)", 0, tuple(nodes), tuple(sorted(tensors, key=lambda t: t.name)))
+    notes = rules_notes(dataclasses.replace(rules, fixed_output_params=True))
+    return QuantizationPlan("dynamic", "none (weights only)", 0, tuple(nodes), tuple(sorted(tensors, key=lambda t: t.name)), notes)

@@ -106,12 +106,13 @@ def _dequantized_parameters(model: ir.Model) -> dict[str, tuple[float, int]]:
     return found
 
 
-def complete_qat(model: ir.Model, batches, method: str = "minmax", progress=None) -> QuantizationPlan:
+def complete_qat(model: ir.Model, batches, method: str = "minmax", progress=None, rules=None) -> QuantizationPlan:
     """Mixed models: keep every Q/DQ the model carries and quantize only its float parts.
 
     Nodes fed by a DequantizeLinear are left as they are (their scales are kept exactly); the
-    remaining quantizable float nodes are quantized like naive INT8, calibrated on ``batches``.
-    Modifies ``model`` in place.
+    remaining quantizable float nodes are quantized like naive INT8, calibrated on ``batches``, with
+    the backend's ``rules`` (:class:`~edgecomp.passes.quantize.qdq.QuantizationRules`; None: the
+    TFLite int8 defaults). Modifies ``model`` in place.
 
     Returns:
         The plan: the kept entries of :func:`plan_from_qdq` plus the newly calibrated ones.
@@ -124,6 +125,7 @@ def complete_qat(model: ir.Model, batches, method: str = "minmax", progress=None
         choose=lambda node: f"quantized in the input model: scales {KEPT}" if _already_quantized(node) else None,
         fixed_params=_dequantized_parameters(model),
         progress=progress,
+        **({"rules": rules} if rules is not None else {}),
     )
     precision = {entry.name: entry for entry in added.nodes if entry.precision == "int8"}
     nodes = tuple(precision.get(entry.name, entry) if entry.precision == "fp32" else entry for entry in kept.nodes)

@@ -13,6 +13,8 @@ Every created name is derived from the tensor it quantizes (``<tensor>_scale``,
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import onnx_ir as ir
 
@@ -22,6 +24,35 @@ from edgecomp.passes.quantize.plan import TensorPlan
 INT8_MIN, INT8_MAX = -128, 127
 WEIGHT_MAX = 127  # symmetric weights use [-127, 127] (TFLite int8 spec)
 INT32_MIN, INT32_MAX = -(2**31), 2**31 - 1
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantizationRules:
+    """What a backend's int8 kernels need of the quantizer, known before calibration.
+
+    A backend gives them through its optional ``quantization_rules(target)`` method; the pipeline
+    hands them to every quantizer (naive, hybrid, selective with its sensitivity variants, dynamic,
+    QAT completion), so calibration choices, the selective search and bias correction all see the
+    weights and output parameters the artifact will have.
+
+    Attributes:
+        weight_qmax: symmetric weights in ``[-weight_qmax, weight_qmax]`` (127: the TFLite int8
+            specification; 64: 7-bit weights for x86 u8s8 kernels without AVX-VNNI, whose int16
+            pair sums saturate, as ONNX Runtime's ``reduce_range``; see :func:`narrow_weight_range`).
+        fixed_output_params: Softmax/Sigmoid/Tanh outputs get the fixed scale and zero point int8
+            kernels expect (TFLite: 1/256 and -128, 1/128 and 0). False: calibrated like any other
+            activation (ONNX Runtime's QLinearSoftmax/QLinearSigmoid take any output scale, and a
+            calibrated [0, 1] range represents a probability of 1.0 exactly).
+        weight_reason / output_reason: why (for the plan's notes); empty for the defaults.
+    """
+
+    weight_qmax: int = WEIGHT_MAX
+    fixed_output_params: bool = True
+    weight_reason: str = ""
+    output_reason: str = ""
+
+
+DEFAULT_RULES = QuantizationRules()
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
@@ -103,11 +134,12 @@ def quantize_activation(graph: ir.Graph, value: ir.Value, scale: float, zero_poi
         graph.insert_after(producer, [quantize, dequantize])
 
 
-def quantize_weight(graph: ir.Graph, node: ir.Node, input_index: int, axis: int) -> TensorPlan:
+def quantize_weight(graph: ir.Graph, node: ir.Node, input_index: int, axis: int, qmax: int = WEIGHT_MAX) -> TensorPlan:
     """Replace constant float input ``input_index`` of ``node`` by int8 per-channel weights + DequantizeLinear.
 
-    ``scale[c] = max|w[c]| / 127`` along ``axis`` (symmetric, zero point 0, TFLite int8 spec);
-    ``q = clip(round_half_to_even(w / scale), -127, 127)``.
+    ``scale[c] = max|w[c]| / qmax`` along ``axis`` (symmetric, zero point 0; ``qmax`` 127 is the
+    TFLite int8 spec, :class:`QuantizationRules` may narrow it); ``q = clip(round_half_to_even(w /
+    scale), -qmax, qmax)``.
 
     Returns:
         The plan entry of the weight (float32 scales, one per channel along ``axis``).
@@ -117,10 +149,10 @@ def quantize_weight(graph: ir.Graph, node: ir.Node, input_index: int, axis: int)
     axis = axis % weights.ndim
     reduce_axes = tuple(i for i in range(weights.ndim) if i != axis)
     absmax = np.max(np.abs(weights), axis=reduce_axes)
-    scale = symmetric_scale(absmax, qmax=WEIGHT_MAX).astype(np.float32)
+    scale = symmetric_scale(absmax, qmax=qmax).astype(np.float32)
     broadcast = [1] * weights.ndim
     broadcast[axis] = -1
-    quantized = np.clip(np.round(weights / scale.reshape(broadcast)), -WEIGHT_MAX, WEIGHT_MAX).astype(np.int8)
+    quantized = np.clip(np.round(weights / scale.reshape(broadcast)), -qmax, qmax).astype(np.int8)
     _feed_dequantized(graph, node, input_index, quantized, scale, np.zeros(scale.shape, dtype=np.int8), axis)
     return TensorPlan(value.name, "weight", "int8", "per-channel", axis, tuple(scale.tolist()), (0,) * len(scale), "absmax")
 
@@ -166,6 +198,19 @@ def _constant_dequantize(value: ir.Value | None) -> ir.Node | None:
     if producer is None or producer.op_type != "DequantizeLinear" or producer.inputs[0].const_value is None:
         return None
     return producer
+
+
+def largest_weight(model: ir.Model) -> int:
+    """The largest ``|q|`` of the int8 weights (input 1 of Conv/Gemm/MatMul/ConvTranspose through a
+    constant DequantizeLinear) of a QDQ model; 0 without any."""
+    largest = 0
+    for node in model.graph:
+        if node.op_type not in WEIGHT_CONSUMERS or len(node.inputs) < 2:
+            continue
+        weight_dq = _constant_dequantize(node.inputs[1])
+        if weight_dq is not None and weight_dq.inputs[0].dtype == ir.DataType.INT8:
+            largest = max(largest, int(np.abs(weight_dq.inputs[0].const_value.numpy().astype(np.int16)).max(initial=0)))
+    return largest
 
 
 def narrow_weight_range(model: ir.Model, qmax: int = 64) -> int:

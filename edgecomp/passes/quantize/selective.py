@@ -65,6 +65,7 @@ from edgecomp.passes.quantize.observers import (
     quantization_params,
 )
 from edgecomp.passes.quantize.plan import QuantizationPlan
+from edgecomp.passes.quantize.qdq import DEFAULT_RULES, QuantizationRules
 
 logger = logging.getLogger(__name__)
 
@@ -430,6 +431,7 @@ def run_selective(
     analyze: bool = True,
     compare_uniform_methods: bool = False,
     progress: Callable[[int], None] | None = None,
+    rules: QuantizationRules = DEFAULT_RULES,
 ) -> SelectiveResult:
     """Selective INT8: per-tensor methods, sensitivity analysis, and the fewest float layers meeting a goal.
 
@@ -458,6 +460,8 @@ def run_selective(
             lose to a uniform method at the output (see the module notes); this guarantees the
             start is at least as good as naive with any single method on the calibration data.
         progress: called with the sample count of each calibration batch.
+        rules: the backend's weight range and fixed-output rule (every variant, the search and the
+            final model are quantized with them).
 
     Returns:
         :class:`SelectiveResult`; its ``plan`` describes ``model`` as rewritten.
@@ -473,7 +477,7 @@ def run_selective(
 
     _check_goal(min_sqnr_db, max_accuracy_drop, eval_batches, eval_labels)
     calibration = calibrate_selective(model, batches, progress)
-    evaluator = VariantEvaluator(model, calibration, eval_batches=eval_batches, eval_labels=eval_labels)
+    evaluator = VariantEvaluator(model, calibration, eval_batches=eval_batches, eval_labels=eval_labels, rules=rules)
 
     def meets(measure) -> bool:
         ok = True
@@ -547,6 +551,7 @@ def quantize_selective(
     eval_labels: np.ndarray | None = None,
     compare_uniform_methods: bool = False,
     progress: Callable[[int], None] | None = None,
+    rules: QuantizationRules = DEFAULT_RULES,
 ) -> QuantizationPlan:
     """Quantize ``model`` in place to selective INT8 QDQ form and return the plan (mode ``selective``).
 
@@ -556,7 +561,7 @@ def quantize_selective(
     return run_selective(
         model, batches, min_sqnr_db=min_sqnr_db, max_accuracy_drop=max_accuracy_drop,
         eval_batches=eval_batches, eval_labels=eval_labels, analyze=False,
-        compare_uniform_methods=compare_uniform_methods, progress=progress,
+        compare_uniform_methods=compare_uniform_methods, progress=progress, rules=rules,
     ).plan
 
 
@@ -615,7 +620,7 @@ def _quantize_final(model, evaluator, calibration, final: SearchStep, sensitivit
         return None
 
     fixed = evaluator.fixed_params_for(float_nodes)
-    plan = quantize_int8(model, calibration.batches, choose=choose, fixed_params=fixed, mode="selective")
+    plan = quantize_int8(model, calibration.batches, choose=choose, fixed_params=fixed, mode="selective", rules=evaluator.rules)
     tensors = []
     for entry in plan.tensors:
         if entry.role == "activation" and entry.name in fixed:
@@ -645,6 +650,7 @@ def _quantize_final(model, evaluator, calibration, final: SearchStep, sensitivit
         f"goal: {goal}; SQNR measured vs FP32 on {calibration.samples} calibration samples"
         + (f", FP32 accuracy {evaluator.fp32_accuracy * 100:.2f}% on {evaluator.eval_samples} evaluation samples" if evaluator.fp32_accuracy is not None else ""),
     ]
+    notes += list(plan.notes)  # the backend's rules (weight range, calibrated fixed outputs)
     notes += list(start_notes)
     for index, step in enumerate(steps):
         accuracy = "" if step.accuracy is None else f", accuracy {step.accuracy * 100:.2f}%"

@@ -50,6 +50,7 @@ from edgecomp.passes.quantize.naive import (
 )
 from edgecomp.passes.quantize.observers import METHODS
 from edgecomp.passes.quantize.plan import QuantizationPlan
+from edgecomp.passes.quantize.qdq import DEFAULT_RULES, QuantizationRules
 
 logger = logging.getLogger(__name__)
 
@@ -148,12 +149,14 @@ class VariantEvaluator:
         fused: producer name -> the Relu fused into it in the all-int8 model.
         fp32_accuracy: accuracy (0..1) of the float model on the evaluation data, or None.
         eval_samples: number of evaluation samples (0 without).
+        rules: the backend's weight range and fixed-output rule every variant is built with.
         stacked: True when variants run on stacked batches (vectorized over the batch).
         variants_built: how many variants were built and measured so far.
     """
 
-    def __init__(self, model: ir.Model, calibration, *, eval_batches: Iterable[Batch] | None = None, eval_labels: np.ndarray | None = None) -> None:
+    def __init__(self, model: ir.Model, calibration, *, eval_batches: Iterable[Batch] | None = None, eval_labels: np.ndarray | None = None, rules: QuantizationRules = DEFAULT_RULES) -> None:
         self.calibration = calibration
+        self.rules = rules
         candidates, _ = select_int8_nodes(model)
         self.candidates = tuple((node.name, node.op_type) for node in candidates)
         self._candidate_names = frozenset(name for name, _ in self.candidates)
@@ -162,7 +165,7 @@ class VariantEvaluator:
         self._rule_producer = {
             value.name: node.name
             for node in candidates
-            if node.op_type in FIXED_OUTPUT_PARAMS or node.op_type in SHARES_INPUT_PARAMS
+            if (rules.fixed_output_params and node.op_type in FIXED_OUTPUT_PARAMS) or node.op_type in SHARES_INPUT_PARAMS
             for value in node.outputs
         }
         self._float_model, self.stacked = self._measurable_copy(model, calibration.batches)
@@ -250,7 +253,7 @@ class VariantEvaluator:
         variant = self._float_model.clone()
         plan = quantize_int8(
             variant, self.calibration.batches[:1], choose=lambda node: "float in this variant" if node.name in float_nodes else None,
-            fixed_params=self.fixed_params_for(float_nodes), mode="selective",
+            fixed_params=self.fixed_params_for(float_nodes), mode="selective", rules=self.rules,
         )
         recalibrated = [t.name for t in plan.tensors if t.role == "activation" and t.method in METHODS]
         if recalibrated:  # a bug here, not a user error: the shared calibration missed a tensor
@@ -318,7 +321,7 @@ def analyze_sensitivity(evaluator: VariantEvaluator) -> list[LayerSensitivity]:
     return [entry for _, entry in ordered]
 
 
-def layer_sensitivity(model: ir.Model, batches: Iterable[Batch], *, progress: Callable[[int], None] | None = None) -> list[LayerSensitivity]:
+def layer_sensitivity(model: ir.Model, batches: Iterable[Batch], *, progress: Callable[[int], None] | None = None, rules: QuantizationRules = DEFAULT_RULES) -> list[LayerSensitivity]:
     """The sensitivity of every int8 candidate node of ``model`` (not modified), most sensitive first.
 
     One calibration pass with per-tensor methods
@@ -329,6 +332,6 @@ def layer_sensitivity(model: ir.Model, batches: Iterable[Batch], *, progress: Ca
 
     start = time.perf_counter()
     calibration = calibrate_selective(model, batches, progress)
-    result = analyze_sensitivity(VariantEvaluator(model, calibration))
+    result = analyze_sensitivity(VariantEvaluator(model, calibration, rules=rules))
     logger.info("sensitivity analysis: %d nodes in %.2f s", len(result), time.perf_counter() - start)
     return result
