@@ -208,6 +208,16 @@ def _has_float_parts(model) -> bool:
     return any(entry.precision == "fp32" and entry.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") for entry in plan_from_qdq(model).nodes)
 
 
+def _calibration_sqnr(model, reference_bytes: bytes, calibration, batch_size: int) -> float:
+    """Lowest output SQNR (dB) of ``model`` (QDQ simulation) against the float model on the
+    calibration data (outputs only are kept, not the samples)."""
+    from edgecomp.ir.run import run_batches
+
+    quantized = run_batches(make_session(to_bytes(model), optimize=False), calibration.batches(batch_size))
+    reference = run_batches(make_session(reference_bytes, optimize=False), calibration.batches(batch_size))
+    return min(metrics.sqnr_db(ref, out) for ref, out in zip(reference, quantized))
+
+
 def _quantization_rules(backend, target):
     """The backend's :class:`~edgecomp.passes.quantize.qdq.QuantizationRules` for ``target``
     (its optional ``quantization_rules(target)``), else the TFLite int8 defaults."""
@@ -459,13 +469,29 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             )
             model = PassManager([quantizer], instruments)(model).model
             plan = quantizer.plan
-        if options.bias_correction and plan is not None:
+        # selective without --bias-correction/--equalize tries bias correction and keeps it when it
+        # raises the output SQNR on the calibration data (issue: recovery "used by selective when
+        # they help"); --bias-correction forces it
+        auto_correction = mode == "selective" and not (options.bias_correction or options.equalize)
+        if (options.bias_correction or auto_correction) and plan is not None:
             from edgecomp.passes.quantize.bias_correction import BiasCorrectionPass
 
+            uncorrected = model.clone() if auto_correction else None
             corrector = BiasCorrectionPass(float_model, list(calibration.batches(options.batch_size)))
             model = PassManager([corrector], instruments)(model).model
-            extra_report["bias_correction"] = {name: c.to_dict() for name, c in corrector.corrections.items()}
-            plan = dataclasses.replace(plan, notes=(*plan.notes, f"bias correction (Nagel et al. 2019, section 4.2, output error): {len(corrector.corrections)} int32 biases corrected"))
+            note = f"bias correction (Nagel et al. 2019, section 4.2, output error): {len(corrector.corrections)} int32 biases corrected"
+            if auto_correction:
+                without, with_correction = (_calibration_sqnr(m, reference_bytes, calibration, options.batch_size) for m in (uncorrected, model))
+                kept = with_correction > without
+                extra_report.setdefault("selective", {})["bias_correction"] = {
+                    "sqnr_db_without": round(without, 3), "sqnr_db_with": round(with_correction, 3), "kept": kept,
+                }
+                note = f"selective tried {note[0].lower()}{note[1:]}: output SQNR {with_correction:.2f} dB with, {without:.2f} dB without on the calibration data: {'kept' if kept else 'not kept'}"
+                if not kept:
+                    model = uncorrected
+            if not auto_correction or kept:
+                extra_report["bias_correction"] = {name: c.to_dict() for name, c in corrector.corrections.items()}
+            plan = dataclasses.replace(plan, notes=(*plan.notes, note))
         if options.equalize and plan is not None:
             pairs = len(extra_report["equalization"].get("pairs", []))
             plan = dataclasses.replace(plan, notes=(*plan.notes, f"cross-layer equalization (Nagel et al. 2019, section 4.1) on {pairs} layer pairs before quantizing"))

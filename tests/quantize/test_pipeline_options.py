@@ -150,3 +150,14 @@ def test_rules_set_the_weight_range_and_free_the_softmax_grid():
     assert plan.notes == ("weights quantized to [-64, 64]: test kernels",)
     weights = [t for t in plan.tensors if t.role == "weight"]
     assert weights and all(t.dtype == "int8" for t in weights)
+
+
+def test_selective_tries_bias_correction_and_keeps_it_only_when_it_helps(tmp_path, mnist_small_calib):
+    result = compile_mnist(tmp_path, mnist_small_calib, quantize="selective")
+    tried = result.report["selective"]["bias_correction"]
+    assert tried["kept"] == (tried["sqnr_db_with"] > tried["sqnr_db_without"])
+    assert ("bias_correction" in result.report) == tried["kept"]
+    assert any(note.startswith("selective tried bias correction") and ("not kept" in note) != tried["kept"] for note in result.plan.notes)
+    forced = compile_model(CompileOptions(model=str(MNIST_MODEL), target="host-x86_64", calibration=str(mnist_small_calib), quantize="selective",
+                                          bias_correction=True, output=str(tmp_path / "forced")))
+    assert "bias_correction" not in forced.report["selective"] and len(forced.report["bias_correction"]) == 3
