@@ -86,14 +86,17 @@ class CRunner:
         self.lowered = lowered
         self.output_shapes = output_shapes
         self._keep = keep
+        self._process = None  # started on the first call (edgecomp_c.harness.HostProcess)
 
     def __call__(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
-        from edgecomp_c.harness import run_host
+        from edgecomp_c.harness import HostProcess
         from edgecomp_tflite.layout import load, store
 
+        if self._process is None:
+            self._process = HostProcess(self.executable, self.sources, float_io=self.sources.float_api)
         dtype = np.float32 if self.sources.float_api else np.int8
         arrays = [np.ascontiguousarray(store(np.asarray(feeds[name]), layout), dtype=dtype) for name, layout in zip(self.lowered.input_names, self.lowered.input_layouts)]
-        outputs = run_host(self.executable, self.sources, arrays, float_io=self.sources.float_api)
+        outputs = self._process.run(arrays)
         # one invoke per batch of the program's (fixed) batch size: samples = invokes x batch
         return [load(array.reshape(-1, *shape[1:]), layout) for array, shape, layout in zip(outputs, self.output_shapes, self.lowered.output_layouts)]
 

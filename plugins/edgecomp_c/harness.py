@@ -29,6 +29,7 @@ __all__ = [
     "ARM_CFLAGS",
     "HOST_CFLAGS",
     "HarnessError",
+    "HostProcess",
     "Sources",
     "arm_size",
     "build_host",
@@ -168,6 +169,47 @@ def run_host(exe: str | pathlib.Path, src: Sources, inputs: Sequence[np.ndarray]
     table = flat.reshape(count, per_sample)
     bounds = np.cumsum((0, *src.output_bytes))
     return [table[:, bounds[i] : bounds[i + 1]].copy() for i in range(len(src.output_bytes))]
+
+
+class HostProcess:
+    """A host build kept running: samples go through its stdin and results come back on stdout,
+    so many small calls (``--eval`` with batch-1 models) do not start a process each.
+
+    Args:
+        exe: the executable of :func:`build_host`; src: its :class:`Sources`; float_io: as built.
+    """
+
+    def __init__(self, exe: str | pathlib.Path, src: Sources, *, float_io: bool = False) -> None:
+        self.src, self.dtype = src, np.float32 if float_io else np.int8
+        self._process = subprocess.Popen([str(exe)], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+
+    def run(self, inputs: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """As :func:`run_host`, on the running process."""
+        count, rows = _stack_rows(inputs, self.src.input_bytes, self.dtype)
+        per_sample = sum(self.src.output_bytes) * np.dtype(self.dtype).itemsize
+        table = []
+        for n in range(count):
+            self._process.stdin.write(b"".join(row[n].tobytes() for row in rows))
+            self._process.stdin.flush()
+            data = self._process.stdout.read(per_sample)
+            if len(data) != per_sample:
+                raise HarnessError(f"host run of {self.src.model}: the program stopped (exit {self._process.poll()})")
+            table.append(np.frombuffer(data, dtype=self.dtype))
+        flat = np.stack(table) if table else np.zeros((0, sum(self.src.output_bytes)), self.dtype)
+        bounds = np.cumsum((0, *self.src.output_bytes))
+        return [flat[:, bounds[i] : bounds[i + 1]].copy() for i in range(len(self.src.output_bytes))]
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.stdin.close()
+            self._process.wait(timeout=10)
+            self._process.stdout.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - interpreter shutdown: nothing left to report to
+            pass
 
 
 def qemu_available() -> bool:
