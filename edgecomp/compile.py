@@ -36,6 +36,7 @@ from edgecomp.passes.quantize.plan import QuantizationPlan
 from edgecomp.passes.quantize.plan_file import read_plan
 from edgecomp.passes.quantize.qat import complete_qat, has_qdq, plan_from_qdq
 from edgecomp.passes.quantize.qdq import largest_weight
+from edgecomp.passes.quantize.selective import ReiterableBatches
 from edgecomp.plugins import get_backend
 from edgecomp.targets import get_target
 
@@ -450,8 +451,8 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
 
                 labelled = eval_data is not None and eval_data.labels is not None
                 quantizer = SelectiveQuantizationPass(
-                    calibration.batches(options.batch_size), min_sqnr_db=options.min_sqnr_db, max_accuracy_drop=options.max_accuracy_drop,
-                    eval_batches=list(eval_data.batches(options.batch_size)) if labelled else None,
+                    lambda: calibration.batches(options.batch_size), min_sqnr_db=options.min_sqnr_db, max_accuracy_drop=options.max_accuracy_drop,
+                    eval_batches=(lambda: eval_data.batches(options.batch_size)) if labelled else None,
                     eval_labels=eval_data.labels if labelled else None, compare_uniform_methods=True, progress=tick, rules=rules,
                 )
                 model = PassManager([quantizer], instruments)(model).model
@@ -477,7 +478,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             from edgecomp.passes.quantize.bias_correction import BiasCorrectionPass
 
             uncorrected = model.clone() if auto_correction else None
-            corrector = BiasCorrectionPass(float_model, list(calibration.batches(options.batch_size)))
+            corrector = BiasCorrectionPass(float_model, ReiterableBatches(lambda: calibration.batches(options.batch_size)))  # read again per level, not kept
             model = PassManager([corrector], instruments)(model).model
             note = f"bias correction (Nagel et al. 2019, section 4.2, output error): {len(corrector.corrections)} int32 biases corrected"
             if auto_correction:

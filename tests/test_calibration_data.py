@@ -453,3 +453,44 @@ def test_several_input_npy_folder_needs_subfolders(tmp_path):
     specs = [InputSpec("a", ("N", 2), np.float32), InputSpec("b", ("N", 2), np.float32)]
     with raises_naming(tmp_path, "2 inputs"):
         open_dataset(tmp_path, specs)
+
+
+# ------------------------------------------------------------------------- npz members, not loaded
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed], ids=["stored", "compressed"])
+def test_npz_members_are_read_batch_by_batch_not_loaded_whole(tmp_path, save):
+    """A stored member is memory-mapped inside the zip, a compressed one decompressed batch by batch;
+    the batches equal the array's slices, pass after pass and in any order."""
+    x = np.random.default_rng(1).integers(0, 255, (103, 1, 28, 28)).astype(np.uint8)
+    save(tmp_path / "d.npz", x=x, y=np.arange(103))
+    dataset = open_dataset(tmp_path / "d.npz", [MNIST_DYNAMIC])
+    member = dataset._source.arrays["Input3"]
+    assert type(member) is not np.ndarray  # a memmap or a stream, not the whole array in memory
+    if save is np.savez:
+        assert isinstance(member, np.memmap)
+    for batch_size in (1, 10, 32, 500):
+        for _ in range(2):
+            np.testing.assert_array_equal(collect(dataset, batch_size)["Input3"], x.astype(np.float32))
+    np.testing.assert_array_equal(member[50:60], x[50:60])
+    np.testing.assert_array_equal(member[5:7], x[5:7])  # backwards: the stream starts over
+    np.testing.assert_array_equal(dataset.labels, np.arange(103))
+
+
+@pytest.mark.parametrize("save", [np.savez, np.savez_compressed], ids=["stored", "compressed"])
+def test_npz_member_with_a_bad_crc_is_refused_when_opened(tmp_path, save):
+    x = np.full((4, 1, 28, 28), 7, np.uint8)
+    save(tmp_path / "ok.npz", x=x)
+    data = bytearray((tmp_path / "ok.npz").read_bytes())
+    start = data.index(b"x.npy") + 200 if save is np.savez else data.index(b"x.npy") + 40
+    data[start] ^= 0xFF
+    (tmp_path / "bad.npz").write_bytes(bytes(data))
+    with raises_naming(tmp_path / "bad.npz", "key 'x'", "cannot read array", "CRC"):
+        open_dataset(tmp_path / "bad.npz", [MNIST_SPEC])
+
+
+def test_npz_member_in_fortran_order_is_loaded_whole(tmp_path):
+    x = np.asfortranarray(np.arange(6 * 5, dtype=np.float32).reshape(6, 5))
+    np.savez(tmp_path / "f.npz", x=x)
+    dataset = open_dataset(tmp_path / "f.npz", [InputSpec("v", ("N", 5), np.float32)])
+    np.testing.assert_array_equal(collect(dataset, 4)["v"], x)

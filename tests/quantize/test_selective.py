@@ -334,3 +334,51 @@ def test_pass_and_report_summary(mnist):
     assert summary["sensitivity"][0]["gain_db"] > 2.0
     assert summary["search"][-1]["meets_goal"] and not summary["search"][0]["meets_goal"]
     assert set(summary["tensor_methods"]) == set(observed_tensors(model))
+
+
+# --------------------------------------------------------------------------------------------------
+# memory: a re-iterable source is read again instead of kept
+
+
+def test_a_batch_factory_gives_the_same_plan_and_model_as_kept_batches(mnist):
+    """A zero-argument callable (compile passes ``lambda: data.batches(n)``) is read again for every
+    measurement instead of kept; the plan, the search and the model are the same as with a
+    one-shot generator, whose batches are kept."""
+    model, batches, _ = mnist
+    calls = []
+
+    def factory():
+        calls.append(1)
+        return (dict(batch) for batch in batches)
+
+    kept, streamed = model.clone(), model.clone()
+    result_kept = run_selective(kept, (dict(batch) for batch in batches), min_sqnr_db=41.0, analyze=False, compare_uniform_methods=True)
+    result_streamed = run_selective(streamed, factory, min_sqnr_db=41.0, analyze=False, compare_uniform_methods=True)
+    assert isinstance(result_kept.calibration.batches, tuple) and len(result_kept.calibration.batches) == len(batches)
+    assert not isinstance(result_streamed.calibration.batches, (tuple, list))
+    assert len(calls) > 3  # calibration, then again for the variants and the final model
+    assert result_streamed.plan.to_json() == result_kept.plan.to_json()
+    assert result_streamed.steps == result_kept.steps
+    assert to_bytes(streamed) == to_bytes(kept)
+
+
+def test_a_list_is_read_again_not_copied(mnist, mnist_calibration):
+    model, batches, _ = mnist
+    calibration = calibrate_selective(model, batches)
+    assert not isinstance(calibration.batches, tuple)
+    assert calibration.largest_batch == 1 and calibration.samples == len(batches)
+    for again, original in zip(calibration.batches, batches):
+        assert again["Input3"] is original["Input3"] or np.shares_memory(again["Input3"], original["Input3"])
+    assert calibration.choices == mnist_calibration.choices
+
+
+def test_a_source_giving_other_data_on_a_later_pass_is_refused(mnist):
+    model, batches, _ = mnist
+    passes = []
+
+    def shrinking():
+        passes.append(1)
+        return iter(batches if len(passes) == 1 else batches[:-1])
+
+    with pytest.raises(CalibrationDataError, match="changed between passes"):
+        quantize_selective(model.clone(), shrinking)

@@ -173,3 +173,36 @@ def test_chart_handles_lossless_and_negative_values():
     assert image.size == chart_size(2)
     lengths = bar_lengths(image.convert("RGB"), 2, ONLY_THIS_INT8)
     assert lengths[0] > lengths[1] > 0  # inf is drawn to the axis end
+
+
+def test_chunks_cut_like_stack_one_chunk_at_a_time():
+    from edgecomp.passes.quantize.sensitivity import _chunks, _stack
+
+    rng = np.random.default_rng(0)
+    for sizes in ([1] * 70, [12] * 8 + [4], [5, 1, 9, 33, 2], [100]):
+        batches = [{"a": rng.standard_normal((n, 3)).astype(np.float32), "b": rng.integers(0, 9, (n, 2))} for n in sizes]
+        for chunk in (1, 7, 12, 32, 64, 512):
+            expected = _stack(batches, chunk)
+            got = list(_chunks(iter(batches), chunk))
+            assert len(got) == len(expected)
+            for g, e in zip(got, expected):
+                assert g.keys() == e.keys() and all(np.array_equal(g[k], e[k]) for k in e)
+                assert len(g["a"]) <= chunk
+
+
+def test_measuring_chunks_follow_the_calibration_batch_size(mnist):
+    """One sample per batch (mnist-8's fixed batch of 1): stacked into MEASURE_CHUNK samples; larger
+    batches: chunks of the largest batch, so measuring holds no more samples than calibrating."""
+    from edgecomp.passes.quantize.sensitivity import MEASURE_CHUNK
+
+    assert mnist.evaluator.stacked and mnist.evaluator.chunk == MEASURE_CHUNK
+    model = canonical(MLPERF / "ic" / "pretrainedResnet.onnx")
+    images = resnet_batches()[0]["input_1"]
+    whole = VariantEvaluator(model, calibrate_selective(model, [{"input_1": images}]))
+    pairs = VariantEvaluator(model, calibrate_selective(model, lambda: ({"input_1": images[i : i + 2]} for i in range(0, len(images), 2))))
+    assert whole.stacked and whole.chunk == 4 and pairs.stacked and pairs.chunk == 2
+    assert [len(chunk["input_1"]) for chunk in pairs._inputs()] == [2, 2]
+    stacked4 = pairs.with_calibration(pairs.calibration)  # the same calibration, measured 4 samples at a time
+    stacked4.chunk = 4
+    assert [len(chunk["input_1"]) for chunk in stacked4._inputs()] == [4]
+    assert pairs.measure(()).sqnr_db == pytest.approx(stacked4.measure(()).sqnr_db, abs=1e-6)

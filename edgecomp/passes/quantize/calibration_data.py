@@ -35,9 +35,14 @@ dynamic dims anything); the dtype converts safely (bool/integer/float data into 
 bool/integer data into an integer input, values checked against its range; float data into an
 integer input is an error, as is non-numeric data); all inputs have the same number of samples.
 
-Memory: nothing is copied as a whole. An ``.npz`` key is loaded once as one array (numpy cannot
-memory-map inside a zip); batches are slices cast one batch at a time; files are read as the batches
-that contain them are requested.
+Memory: nothing is copied as a whole. An ``.npz`` member stored uncompressed (``np.savez``) is
+memory-mapped at its offset inside the zip; a compressed one (``np.savez_compressed``) is
+decompressed batch by batch as batches are requested (from its start again when an earlier batch is
+asked for, e.g. a second pass). Either is checked once when opened (streamed through, so its CRC
+and length are verified with one block in memory); a member that cannot be read this way (an object
+array, Fortran order, a damaged or unusual member) is loaded whole as before, with the same errors.
+Labels (key ``y``) are loaded. Batches are slices cast one batch at a time; files are read as the
+batches that contain them are requested.
 """
 
 from __future__ import annotations
@@ -370,7 +375,8 @@ class _Source(abc.ABC):
 
 
 class _ArraySource(_Source):
-    """Whole arrays per input (npz keys or a memory-mapped .npy); batches are slices."""
+    """Arrays per input (memory-mapped .npy or npz members, streamed compressed npz members, or
+    arrays loaded whole); batches are slices."""
 
     def __init__(self, description: str, arrays: dict[str, np.ndarray], wheres: dict[str, str]) -> None:
         self.description = description
@@ -387,6 +393,125 @@ class _ArraySource(_Source):
 
     def where(self, name: str) -> str:
         return self.wheres[name]
+
+
+_NPZ_BLOCK = 1 << 20
+"""Bytes read at a time when an ``.npz`` member is streamed (checked when opened, or skipped over)."""
+
+
+def _read_exactly(stream, size: int) -> bytes:
+    """``size`` bytes from ``stream``; fewer only at its end."""
+    parts = []
+    while size > 0:
+        part = stream.read(min(size, _NPZ_BLOCK))
+        if not part:
+            break
+        parts.append(part)
+        size -= len(part)
+    return b"".join(parts)
+
+
+class _StreamedNpzMember:
+    """A compressed ``.npz`` member read row range by row range, as ``array[start:stop]``.
+
+    Only slices along axis 0 with step 1 are supported (what :class:`_ArraySource` asks). Reading
+    moves forward through the decompressed stream; a slice that starts before the current position
+    opens the member again from its start.
+    """
+
+    def __init__(self, path: pathlib.Path, member: str, shape: tuple[int, ...], dtype: np.dtype, header_size: int) -> None:
+        self.path, self.member = path, member
+        self.shape, self.dtype, self.ndim = tuple(shape), np.dtype(dtype), len(shape)
+        self._header_size = header_size
+        self._row_bytes = self.dtype.itemsize * math.prod(self.shape[1:])
+        self._zip: zipfile.ZipFile | None = None
+        self._stream = None
+        self._row = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _rewind(self) -> None:
+        if self._stream is not None:
+            self._stream.close()
+        if self._zip is None:
+            self._zip = zipfile.ZipFile(self.path)
+        self._stream = self._zip.open(self.member)
+        _read_exactly(self._stream, self._header_size)
+        self._row = 0
+
+    def __getitem__(self, index: slice) -> np.ndarray:
+        if not isinstance(index, slice) or index.step not in (None, 1):
+            raise TypeError("a streamed .npz member supports only array[start:stop]")
+        start, stop, _ = index.indices(self.shape[0])
+        stop = max(start, stop)
+        rows = (stop - start, *self.shape[1:])
+        if self._row_bytes == 0:
+            return np.empty(rows, self.dtype)
+        if self._stream is None or start < self._row:
+            self._rewind()
+        skip = (start - self._row) * self._row_bytes
+        while skip > 0:
+            skipped = len(self._stream.read(min(skip, _NPZ_BLOCK)))
+            if skipped == 0:
+                break
+            skip -= skipped
+        size = (stop - start) * self._row_bytes
+        data = _read_exactly(self._stream, size)
+        if len(data) != size:
+            raise CalibrationDataError(f"{self.path} member '{self.member}': ends after {len(data)} of {size} bytes")
+        self._row = stop
+        return np.frombuffer(data, self.dtype).reshape(rows)
+
+    def __getstate__(self) -> dict:
+        return {**self.__dict__, "_zip": None, "_stream": None, "_row": 0}
+
+
+def _lazy_npz_member(path: pathlib.Path, archive: np.lib.npyio.NpzFile, key: str):
+    """An ``.npz`` member as a read-only memory map (stored uncompressed) or a :class:`_StreamedNpzMember`
+    (compressed), or None when it must be loaded whole (``archive[key]``, which raises the usual errors).
+
+    The member is streamed through once here (one block in memory): zipfile checks its CRC and the
+    length must match the ``.npy`` header, as loading it whole would check.
+    """
+    try:
+        zip_file = archive.zip
+        member = key + ".npy" if key + ".npy" in zip_file.namelist() else key
+        info = zip_file.getinfo(member)
+        if info.flag_bits & 0x1:  # encrypted
+            return None
+        with zip_file.open(info) as stream:
+            version = np.lib.format.read_magic(stream)
+            if version == (1, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+            elif version == (2, 0):
+                shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+            else:
+                return None
+            header_size = stream.tell()
+            dtype = np.dtype(dtype)
+            if dtype.hasobject or (fortran_order and len(shape) > 1) or len(shape) == 0:
+                return None
+            size = dtype.itemsize * math.prod(shape)
+            length = 0
+            while block := stream.read(_NPZ_BLOCK):
+                length += len(block)
+        if length != size or size == 0:
+            return None
+        if info.compress_type == zipfile.ZIP_STORED:
+            with open(path, "rb") as raw:
+                raw.seek(info.header_offset)
+                local = raw.read(30)
+            if len(local) != 30 or local[:4] != b"PK\x03\x04":
+                return None
+            name_length = int.from_bytes(local[26:28], "little")
+            extra_length = int.from_bytes(local[28:30], "little")
+            offset = info.header_offset + 30 + name_length + extra_length + header_size
+            return np.memmap(path, dtype=dtype, mode="r", offset=offset, shape=tuple(shape), order="C")
+        return _StreamedNpzMember(path, member, tuple(shape), dtype, header_size)
+    except Exception as error:  # noqa: BLE001 - anything unusual: load it whole, which reports the usual error
+        log.debug("%s key '%s': not read lazily (%s); loading it whole", path, key, _one_line(error))
+        return None
 
 
 def _open_npz(path: pathlib.Path, specs: Sequence[InputSpec]) -> _Source:
@@ -424,7 +549,9 @@ def _open_npz(path: pathlib.Path, specs: Sequence[InputSpec]) -> _Source:
             key = key_of[spec.name]
             where = f"{path} key '{key}'"
             try:
-                array = archive[key]
+                array = _lazy_npz_member(path, archive, key)
+                if array is None:
+                    array = archive[key]
             except ValueError as error:  # object arrays refused by allow_pickle=False
                 raise CalibrationDataError(f"{where}: non-numeric data for input '{spec.name}': {_one_line(error)}") from None
             except (OSError, zipfile.BadZipFile, EOFError) as error:

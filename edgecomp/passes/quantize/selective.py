@@ -14,6 +14,13 @@ Selective (the DESIGN's term) mixes approaches in one model. This module does th
    Banner et al., "Post training 4-bit quantization of convolutional networks for
    rapid-deployment", NeurIPS 2019). The same pass records the FP32 outputs, the reference of every
    SQNR measured later.
+
+   Memory: given a re-iterable source of batches (a zero-argument callable returning a fresh batch
+   iterator, e.g. ``lambda: dataset.batches(32)``, or an object whose ``__iter__`` starts over, such
+   as a list or a :class:`~edgecomp.passes.quantize.calibration_data.CalibrationDataset`), the
+   batches are read again from it whenever a variant is measured, so only one batch (or one
+   measuring chunk) is in memory at a time, whatever the sample count; only the FP32 *outputs* are
+   kept. A one-shot iterator (a generator) is consumed once, so its batches are kept in memory.
 2. **Sensitivity analysis** (:mod:`edgecomp.passes.quantize.sensitivity`) from that one calibration.
 3. **Search** (:func:`quantize_selective`): all-int8 with the per-tensor methods; if a goal is given
    and not met, keep the most sensitive layers in float (fp32), one more at a time along the
@@ -39,7 +46,7 @@ import dataclasses
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import NamedTuple
 
 import numpy as np
@@ -105,21 +112,25 @@ class SelectiveCalibration:
         params: tensor name -> (scale, zero point) of the chosen range
             (:func:`~edgecomp.passes.quantize.observers.quantization_params`; a Relu output's range
             starts at 0, as in :func:`~edgecomp.passes.quantize.naive.quantize_int8`).
-        batches: the calibration batches as given, kept in memory to measure variants on.
+        batches: the calibration batches to measure variants on: a tuple holding them when they
+            were given as a one-shot iterator, else a :class:`ReiterableBatches` that reads them
+            again from the source on every pass (one batch in memory at a time).
         reference_outputs: FP32 model outputs on ``batches``, one array per graph output (graph
             output order), batches stacked on axis 0.
         output_names: the graph output names.
         samples: number of calibration samples.
         seconds: wall-clock time of the pass.
+        largest_batch: samples in the largest calibration batch (0: unknown).
     """
 
     choices: Mapping[str, TensorMethodChoice]
     params: Mapping[str, tuple[float, int]]
-    batches: tuple[Batch, ...]
+    batches: Iterable[Batch]
     reference_outputs: tuple[np.ndarray, ...]
     output_names: tuple[str, ...]
     samples: int
     seconds: float
+    largest_batch: int = 0
 
     def tensor_methods(self) -> dict[str, str]:
         """tensor name -> chosen method, as ``quantize_int8(..., tensor_methods=...)`` takes it."""
@@ -222,9 +233,51 @@ def _count(batch: Batch) -> int:
     return len(next(iter(batch.values())))
 
 
+BatchSource = Iterable[Batch] | Callable[[], Iterable[Batch]]
+"""Calibration batches: a zero-argument callable returning a fresh batch iterator, a re-iterable
+(``__iter__`` starts over: a list, a dataset), or a one-shot iterator (a generator)."""
+
+
+class ReiterableBatches:
+    """Batches read again from their source on every iteration, one batch in memory at a time.
+
+    Args:
+        factory: zero-argument callable returning a fresh iterable of batches (the same batches in
+            the same order on every call).
+
+    Each batch comes as ``dict[input name -> np.ndarray]`` (values through ``np.asarray``).
+    """
+
+    def __init__(self, factory: Callable[[], Iterable[Batch]]) -> None:
+        self._factory = factory
+
+    def __iter__(self) -> Iterator[dict[str, np.ndarray]]:
+        for batch in self._factory():
+            yield {key: np.asarray(value) for key, value in batch.items()}
+
+    def __repr__(self) -> str:
+        return f"ReiterableBatches({self._factory!r})"
+
+
+def reiterable_batches(batches: BatchSource) -> ReiterableBatches | None:
+    """``batches`` as a :class:`ReiterableBatches`, or None when it is a one-shot iterator.
+
+    A zero-argument callable (not itself iterable) is a factory; an iterable whose ``iter()`` is not
+    itself (a list, a tuple, a dataset whose ``__iter__`` starts over) is read again through
+    ``iter()``; an iterator (``iter(x) is x``, e.g. a generator) can be read only once: None.
+    """
+    if isinstance(batches, ReiterableBatches):
+        return batches
+    if callable(batches) and not hasattr(batches, "__iter__"):
+        return ReiterableBatches(batches)
+    if iter(batches) is batches:
+        return None
+    return ReiterableBatches(lambda: batches)
+
+
 def calibrate_selective(
     model: ir.Model,
-    batches: Iterable[Batch],
+    batches: BatchSource,
     progress: Callable[[int], None] | None = None,
     *,
     bins: int = DEFAULT_BINS,
@@ -232,13 +285,15 @@ def calibrate_selective(
     """One calibration pass for selective quantization: histograms, per-tensor methods, FP32 outputs.
 
     One ONNX Runtime inference per batch computes every tensor of :func:`observed_tensors` and the
-    graph outputs; each tensor folds the batch into one fixed-size histogram. The batches themselves
-    are kept (the variants are measured on them), so memory grows with the calibration set here,
-    unlike plain calibration.
+    graph outputs; each tensor folds the batch into one fixed-size histogram. The variants are
+    measured on the same batches later: a re-iterable source (see :func:`reiterable_batches`) is read
+    again then, so memory stays flat in the sample count as in plain calibration (only the FP32
+    outputs are kept); the batches of a one-shot iterator are kept in memory instead.
 
     Args:
         model: canonicalized float IR model (not modified).
-        batches: calibration batches (input name -> array, batch axis first).
+        batches: calibration batches (input name -> array, batch axis first): a zero-argument
+            callable returning a fresh batch iterator, a re-iterable, or a one-shot iterator.
         progress: called with the sample count of each batch.
         bins: histogram bins per tensor.
 
@@ -258,12 +313,15 @@ def calibrate_selective(
     session = make_session(model, optimize=True, extra_outputs=computed)
     histograms = {name: HistogramObserver(bins=bins, name=name) for name in names}
     zeros = dict.fromkeys(names, 0)
-    kept: list[Batch] = []
+    source = reiterable_batches(batches)
+    kept: list[Batch] | None = [] if source is None else None
     outputs: list[list[np.ndarray]] = [[] for _ in output_names]
     samples = 0
-    for batch in batches:
+    largest = 0
+    for batch in batches if source is None else source:
         batch = {key: np.asarray(value) for key, value in batch.items()}
-        kept.append(batch)
+        if kept is not None:
+            kept.append(batch)
         values = dict(zip(fetched, session.run(fetched, batch)))
         values.update((name, batch[name]) for name in fed)
         for name in names:
@@ -273,6 +331,7 @@ def calibrate_selective(
             store.append(values[name])
         count = _count(batch)
         samples += count
+        largest = max(largest, count)
         if progress is not None:
             progress(count)
     if samples == 0:
@@ -284,11 +343,12 @@ def calibrate_selective(
         choices[name] = choice
         params[name] = quantization_params(*choice.range)
     reference = tuple(np.concatenate(parts, axis=0) for parts in outputs)
-    return SelectiveCalibration(choices, params, tuple(kept), reference, output_names, samples, time.perf_counter() - start)
+    stored = tuple(kept) if kept is not None else source
+    return SelectiveCalibration(choices, params, stored, reference, output_names, samples, time.perf_counter() - start, largest)
 
 
 def choose_tensor_methods(
-    model: ir.Model, batches: Iterable[Batch], progress: Callable[[int], None] | None = None
+    model: ir.Model, batches: BatchSource, progress: Callable[[int], None] | None = None
 ) -> dict[str, TensorMethodChoice]:
     """Per activation tensor, the calibration method with the lowest expected quantization error.
 
@@ -422,7 +482,7 @@ def _check_goal(min_sqnr_db, max_accuracy_drop, eval_batches, eval_labels) -> No
 
 def run_selective(
     model: ir.Model,
-    batches: Iterable[Batch],
+    batches: BatchSource,
     *,
     min_sqnr_db: float | None = None,
     max_accuracy_drop: float | None = None,
@@ -447,11 +507,15 @@ def run_selective(
     Args:
         model: canonicalized, topologically sorted float IR model; modified in place.
         batches: calibration batches (input name -> array, batch axis first); SQNR is measured on them.
+            A zero-argument callable returning a fresh batch iterator (``lambda: data.batches(32)``)
+            or a re-iterable is read again for every measurement (memory flat in the sample count);
+            a one-shot iterator's batches are kept in memory.
         min_sqnr_db: goal: output SQNR vs FP32 on the calibration data, dB (lowest over outputs).
         max_accuracy_drop: goal: FP32 top-1 accuracy minus compiled accuracy on the evaluation data,
             in percentage points (accuracy from the first graph output's argmax); needs
             ``eval_batches`` and ``eval_labels``.
-        eval_batches: evaluation batches; eval_labels: int labels [samples], in batch order.
+        eval_batches: evaluation batches (the same kinds as ``batches``); eval_labels: int labels
+            [samples], in batch order.
         analyze: run the sensitivity analysis even when no goal needs it (for the report).
         compare_uniform_methods: also measure all-int8 with one method for every tensor (each of
             :data:`METHODS`, ranges from the same histograms: no recalibration, 4 more variants)
@@ -543,7 +607,7 @@ def run_selective(
 
 def quantize_selective(
     model: ir.Model,
-    batches: Iterable[Batch],
+    batches: BatchSource,
     *,
     min_sqnr_db: float | None = None,
     max_accuracy_drop: float | None = None,
@@ -569,14 +633,16 @@ class SelectiveQuantizationPass(InPlacePass):
     """:func:`run_selective` as a pass, so the pass manager's instruments (timing, ``--dump-ir``) see it.
 
     Args:
-        batches: calibration batches; options: keyword arguments of :func:`run_selective`.
+        batches: calibration batches (a one-shot iterator, a re-iterable, or a zero-argument
+            callable returning a fresh batch iterator: see :func:`run_selective`); options: keyword
+            arguments of :func:`run_selective`.
 
     Attributes:
         result: the :class:`SelectiveResult` after the pass ran, else None.
         plan: its plan, else None.
     """
 
-    def __init__(self, batches: Iterable[Batch], **options) -> None:
+    def __init__(self, batches: BatchSource, **options) -> None:
         super().__init__()
         self.batches, self.options = batches, options
         self.result: SelectiveResult | None = None

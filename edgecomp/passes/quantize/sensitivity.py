@@ -17,9 +17,12 @@ SQNR (dB, :func:`~edgecomp.passes.quantize.metrics.sqnr_db`) compares each varia
 FP32 outputs on the calibration data, the variant run as the exact QDQ simulation in ONNX Runtime
 (``make_session(..., optimize=False)``). Every variant takes its activation parameters from ONE
 calibration pass (:func:`~edgecomp.passes.quantize.selective.calibrate_selective`, per-tensor
-methods) as ``fixed_params``, so no variant recalibrates; variants run over all calibration samples
-at once (batches stacked) when the model's batch axis is dynamic, or can be made so (a fixed batch
-of 1 whose Reshapes copy the batch dimension, checked numerically), else batch by batch.
+methods) as ``fixed_params``, so no variant recalibrates; variants run on chunks of stacked batches
+(:func:`_chunks`; as many samples as the largest calibration batch, or :data:`MEASURE_CHUNK` when
+the batches hold one sample each) when the model's batch axis is dynamic, or can be made so (a
+fixed batch of 1 whose Reshapes copy the batch dimension, checked numerically), else batch by
+batch. The batches are read again from the calibration source for every variant when it is
+re-iterable, so memory does not grow with the sample count (only the outputs are kept).
 Sensitivity analysis of this kind (one layer at a time, measured at the output) is the usual
 "layer-wise sensitivity" of mixed-precision PTQ, e.g. Nagel et al., "A White Paper on Neural Network
 Quantization" (2021), section 4.6 (debugging), and NVIDIA's TensorRT/pytorch-quantization docs.
@@ -29,10 +32,11 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import logging
 import math
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
@@ -56,8 +60,10 @@ logger = logging.getLogger(__name__)
 
 Batch = Mapping[str, np.ndarray]
 
-MEASURE_CHUNK = 512
-"""Samples per ONNX Runtime call when a variant runs on stacked batches (bounds activation memory)."""
+MEASURE_CHUNK = 32
+"""Samples per ONNX Runtime call when a variant runs on stacked batches of one sample each (a fixed
+batch-1 model made batch-dynamic); with larger calibration batches a chunk is the largest batch, so
+measuring holds the activations of as many samples as calibrating does."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +109,27 @@ def _stack(batches: Sequence[Batch], chunk: int) -> list[dict[str, np.ndarray]]:
     return [{name: array[start : start + chunk] for name, array in whole.items()} for start in range(0, total, chunk)]
 
 
+def _chunks(batches: Iterable[Batch], chunk: int) -> Iterator[dict[str, np.ndarray]]:
+    """The batches concatenated along axis 0 and cut into chunks of ``chunk`` samples (the last may
+    be shorter), as :func:`_stack` does, but built one at a time: at most ``chunk`` samples plus one
+    batch are held."""
+    names: list[str] | None = None
+    pending: list[dict[str, np.ndarray]] = []
+    count = 0
+    for batch in batches:
+        if names is None:
+            names = list(batch)
+        pending.append({name: np.asarray(batch[name]) for name in names})
+        count += len(pending[-1][names[0]])
+        while count >= chunk:
+            whole = pending[0] if len(pending) == 1 else {name: np.concatenate([p[name] for p in pending], axis=0) for name in names}
+            yield {name: array[:chunk] for name, array in whole.items()}
+            count -= chunk
+            pending = [{name: array[chunk:] for name, array in whole.items()}] if count else []
+    if count:
+        yield pending[0] if len(pending) == 1 else {name: np.concatenate([p[name] for p in pending], axis=0) for name in names}
+
+
 def _batch_dynamic_copy(model: ir.Model) -> ir.Model | None:
     """A copy of a fixed-batch-1 model that takes any batch size, or None when that is not a plain edit.
 
@@ -143,6 +170,8 @@ class VariantEvaluator:
         model: the canonicalized float model (not modified; variants are built on copies).
         calibration: :class:`~edgecomp.passes.quantize.selective.SelectiveCalibration` of ``model``.
         eval_batches, eval_labels: labelled evaluation data for accuracy (optional; both or neither).
+            ``eval_batches`` may be a re-iterable or a zero-argument callable returning a fresh batch
+            iterator (read again for every accuracy measurement), or a one-shot iterator (kept).
 
     Attributes:
         candidates: (name, op_type) of every int8 candidate node, graph order.
@@ -151,6 +180,7 @@ class VariantEvaluator:
         eval_samples: number of evaluation samples (0 without).
         rules: the backend's weight range and fixed-output rule every variant is built with.
         stacked: True when variants run on stacked batches (vectorized over the batch).
+        chunk: samples per ONNX Runtime call when ``stacked``.
         variants_built: how many variants were built and measured so far.
     """
 
@@ -168,36 +198,49 @@ class VariantEvaluator:
             if (rules.fixed_output_params and node.op_type in FIXED_OUTPUT_PARAMS) or node.op_type in SHARES_INPUT_PARAMS
             for value in node.outputs
         }
-        self._float_model, self.stacked = self._measurable_copy(model, calibration.batches)
-        self._inputs = _stack(calibration.batches, MEASURE_CHUNK) if self.stacked else list(calibration.batches)
-        self._eval_inputs: list[Batch] = []
+        from edgecomp.passes.quantize.selective import reiterable_batches
+
+        self._batches = calibration.batches
+        self._first_batch = list(itertools.islice(iter(self._batches), 1))  # what ``build`` calibrates nothing on
+        self._float_model, self.stacked = self._measurable_copy(model, self._batches)
+        largest = getattr(calibration, "largest_batch", 0)
+        self.chunk = largest if largest > 1 else MEASURE_CHUNK
+        self._eval_batches: Iterable[Batch] = ()
         self._labels = None
         self.fp32_accuracy = None
         self.eval_samples = 0
         if eval_batches is not None and eval_labels is not None:
-            eval_list = [dict(b) for b in eval_batches]
-            self._eval_inputs = _stack(eval_list, MEASURE_CHUNK) if self.stacked else eval_list
+            source = reiterable_batches(eval_batches)
+            self._eval_batches = source if source is not None else [dict(b) for b in eval_batches]
             self._labels = np.asarray(eval_labels).reshape(-1)
-            self.eval_samples = sum(len(next(iter(b.values()))) for b in eval_list)
+            self.eval_samples = sum(len(next(iter(b.values()))) for b in self._eval_batches)
             if self.eval_samples != len(self._labels):
                 raise CalibrationDataError(f"evaluation data has {self.eval_samples} samples but {len(self._labels)} labels")
-            reference = run_batches(make_session(self._float_model, optimize=False), self._eval_inputs)
+            reference = run_batches(make_session(self._float_model, optimize=False), self._eval_inputs())
             self.fp32_accuracy = metrics.accuracy(reference[0], self._labels)
         self._cache: dict[frozenset[str], Measurement] = {}
         self.variants_built = 0
 
+    def _inputs(self) -> Iterator[Batch]:
+        """The calibration batches as the variants run on them (read again from a re-iterable source)."""
+        return _chunks(self._batches, self.chunk) if self.stacked else iter(self._batches)
+
+    def _eval_inputs(self) -> Iterator[Batch]:
+        """The evaluation batches as the variants run on them."""
+        return _chunks(self._eval_batches, self.chunk) if self.stacked else iter(self._eval_batches)
+
     @staticmethod
-    def _measurable_copy(model: ir.Model, batches: Sequence[Batch]) -> tuple[ir.Model, bool]:
+    def _measurable_copy(model: ir.Model, batches: Iterable[Batch]) -> tuple[ir.Model, bool]:
         """The float model to build variants from, and whether it accepts stacked batches."""
         names = [v.name for v in model.graph.inputs]
         if all(v.shape is not None and len(v.shape) > 0 and not isinstance(v.shape[0], int) for v in model.graph.inputs):
             return model.clone(), True
-        if len(batches) < 2:
+        probe = list(itertools.islice(iter(batches), 4))  # the first min(4, all) batches
+        if len(probe) < 2:
             return model.clone(), False
         copy = _batch_dynamic_copy(model)
         if copy is None:
             return model.clone(), False
-        probe = batches[: min(4, len(batches))]
         try:
             expected = run_batches(make_session(model, optimize=False), probe)
             actual = run_batches(make_session(copy, optimize=False), _stack(probe, len(probe)))
@@ -252,7 +295,7 @@ class VariantEvaluator:
             raise KeyError(f"not int8 candidate nodes: {sorted(unknown)}")
         variant = self._float_model.clone()
         plan = quantize_int8(
-            variant, self.calibration.batches[:1], choose=lambda node: "float in this variant" if node.name in float_nodes else None,
+            variant, self._first_batch, choose=lambda node: "float in this variant" if node.name in float_nodes else None,
             fixed_params=self.fixed_params_for(float_nodes), mode="selective", rules=self.rules,
         )
         recalibrated = [t.name for t in plan.tensors if t.role == "activation" and t.method in METHODS]
@@ -279,11 +322,17 @@ class VariantEvaluator:
         session = make_session(to_bytes(variant), optimize=False)
         self.variants_built += 1
         if cached is None:
-            outputs = run_batches(session, self._inputs)
+            outputs = run_batches(session, self._inputs())
+            for ref, out in zip(self.calibration.reference_outputs, outputs):
+                if ref.shape != out.shape:
+                    raise CalibrationDataError(
+                        f"calibration data changed between passes: output of shape {list(out.shape)} where the first pass "
+                        f"gave {list(ref.shape)} (a re-iterable source must give the same batches every time)"
+                    )
             sqnr = min(metrics.sqnr_db(ref, out) for ref, out in zip(self.calibration.reference_outputs, outputs))
         else:
             sqnr = cached.sqnr_db
-        measured_accuracy = metrics.accuracy(run_batches(session, self._eval_inputs)[0], self._labels) if wants_accuracy else None
+        measured_accuracy = metrics.accuracy(run_batches(session, self._eval_inputs())[0], self._labels) if wants_accuracy else None
         result = Measurement(sqnr, measured_accuracy)
         self._cache[key] = result
         return result
