@@ -655,8 +655,8 @@ def print_tables(document: dict[str, Any]) -> None:
             "default 32 and so shows the batch size's effect, not the sample count's). "
             "Peak ratio = process peak at the large count / at the small count. vww's 100 samples are its 12 real samples repeated: that adds no "
             "information for calibration but measures how memory scales with the sample count on a model with larger inputs and activations "
-            "(96x96x3 floats = 110 KiB per sample vs 3 KiB for mnist). The .npz is read whole by edgecomp (np.load of the archive member), so "
-            "its size is part of the growth for any mode.",
+            "(96x96x3 floats = 110 KiB per sample vs 3 KiB for mnist). edgecomp memory-maps an uncompressed .npz member (streams a compressed "
+            "one), so its pages count in RSS as they are read.",
             highlight=False,
         )
     console.print(f"Versions: {', '.join(f'{k} {v}' for k, v in document['versions'].items())}.", highlight=False)
