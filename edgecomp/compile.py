@@ -474,6 +474,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         # raises the output SQNR on the calibration data (issue: recovery "used by selective when
         # they help"); --bias-correction forces it
         auto_correction = mode == "selective" and not (options.bias_correction or options.equalize)
+        extra_report.pop("bias_correction", None)  # from an earlier pass when quantizing again
         if (options.bias_correction or auto_correction) and plan is not None:
             from edgecomp.passes.quantize.bias_correction import BiasCorrectionPass
 
