@@ -209,14 +209,17 @@ def _has_float_parts(model) -> bool:
     return any(entry.precision == "fp32" and entry.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") for entry in plan_from_qdq(model).nodes)
 
 
-def _calibration_sqnr(model, reference_bytes: bytes, calibration, batch_size: int) -> float:
-    """Lowest output SQNR (dB) of ``model`` (QDQ simulation) against the float model on the
-    calibration data (outputs only are kept, not the samples)."""
+def _calibration_sqnr(models, reference_bytes: bytes, calibration, batch_size: int) -> list[float]:
+    """Per model, the lowest output SQNR (dB) of its QDQ simulation against the float model on the
+    calibration data; the float model runs once (outputs only are kept, not the samples)."""
     from edgecomp.ir.run import run_batches
 
-    quantized = run_batches(make_session(to_bytes(model), optimize=False), calibration.batches(batch_size))
     reference = run_batches(make_session(reference_bytes, optimize=False), calibration.batches(batch_size))
-    return min(metrics.sqnr_db(ref, out) for ref, out in zip(reference, quantized))
+    figures = []
+    for model in models:
+        quantized = run_batches(make_session(to_bytes(model), optimize=False), calibration.batches(batch_size))
+        figures.append(min(metrics.sqnr_db(ref, out) for ref, out in zip(reference, quantized)))
+    return figures
 
 
 def _quantization_rules(backend, target):
@@ -483,7 +486,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
             model = PassManager([corrector], instruments)(model).model
             note = f"bias correction (Nagel et al. 2019, section 4.2, output error): {len(corrector.corrections)} int32 biases corrected"
             if auto_correction:
-                without, with_correction = (_calibration_sqnr(m, reference_bytes, calibration, options.batch_size) for m in (uncorrected, model))
+                without, with_correction = _calibration_sqnr((uncorrected, model), reference_bytes, calibration, options.batch_size)
                 kept = with_correction > without
                 extra_report.setdefault("selective", {})["bias_correction"] = {
                     "sqnr_db_without": round(without, 3), "sqnr_db_with": round(with_correction, 3), "kept": kept,

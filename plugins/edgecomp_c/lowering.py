@@ -152,11 +152,6 @@ def lower_program(model, *, alignment: int = 16, search_budget: int | None = Non
     graph_outputs = [int(i) for i in subgraph.outputs]
     build = builders()
     problems: list[str] = []
-    for boundary_op in ("QUANTIZE", "DEQUANTIZE"):
-        if boundary_op not in build:
-            problems.append(f"{boundary_op}: no builder")
-    if problems:
-        raise UnsupportedError("c backend: " + "; ".join(problems))
     inputs, outputs, removed = _boundaries(ops, graph_inputs, graph_outputs, tensors)
 
     aliases: dict[int, int] = {}
