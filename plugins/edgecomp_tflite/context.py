@@ -638,7 +638,7 @@ class LoweringContext(GraphInfo):
             activation = self._sole_reader(dequantize.outputs[0])
             if activation is None or activation_kind(self, activation) is None or activation.inputs[0] is not dequantize.outputs[0]:
                 return Activation.NONE, value
-            if self.precision(activation) != "int8" or not _same_element(self.element_type(value), self.element_type(activation.outputs[0])):
+            if self.precision(activation) != "int8" or not same_element(self.element_type(value), self.element_type(activation.outputs[0])):
                 return Activation.NONE, value
             follower = activation
         kind = activation_kind(self, follower)
@@ -697,7 +697,8 @@ def clip_bounds(info: GraphInfo, node: ir.Node) -> tuple[float | None, float | N
     return (None if low is None else float(low)), (None if high is None else float(high))
 
 
-def _same_element(a: ElementType, b: ElementType) -> bool:
+def same_element(a: ElementType, b: ElementType) -> bool:
+    """True when two tensors share dtype and quantization (scales, zero points, axis), or are both float."""
     if a.dtype != b.dtype or (a.quantization is None) != (b.quantization is None):
         return False
     if a.quantization is None:

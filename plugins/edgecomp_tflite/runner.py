@@ -289,14 +289,17 @@ def operator_groups(model: ir.Model, int8_names: Iterable[str]) -> list[Operator
     return groups
 
 
-def operator_figures(lowered: LoweredModel, model: ir.Model, inputs: Sequence[Mapping[str, np.ndarray]]) -> dict[str, dict[str, float]]:
+def operator_figures(
+    lowered: LoweredModel, model: ir.Model, inputs: Sequence[Mapping[str, np.ndarray]], *, reference_kernels: bool = False
+) -> dict[str, dict[str, float]]:
     """Per operator group (:func:`operator_groups`): LiteRT's result against ONNX Runtime running
     that group alone (QDQ simulation) on LiteRT's own int8 inputs.
 
     This checks every lowered operator without the amplification of upstream rounding differences
     (a fully connected layer can turn a 1-LSB difference of its input into several LSBs of its
     output), which end-to-end comparison cannot tell from a lowering error. LiteRT computes the
-    intermediate tensors with the artifact's own kernels (:func:`with_extra_outputs`).
+    intermediate tensors with the artifact's own kernels (:func:`with_extra_outputs`), the default
+    ones or, with ``reference_kernels``, its reference kernels (:class:`LiteRTRunner`).
 
     Returns:
         group output name -> ``{"max_lsb", "within_1_lsb", "elements"}`` for int8 results, or
@@ -322,7 +325,7 @@ def operator_figures(lowered: LoweredModel, model: ir.Model, inputs: Sequence[Ma
         output_names=(*lowered.output_names, *names),
         output_layouts=(*lowered.output_layouts, *raw),
     )
-    runner = LiteRTRunner(probe)
+    runner = LiteRTRunner(probe, reference_kernels=reference_kernels)
     count = len(lowered.output_names)
     values = []
     for feeds in inputs:

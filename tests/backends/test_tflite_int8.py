@@ -29,6 +29,7 @@ import pytest
 from ai_edge_litert import schema_py_generated as schema
 from canonicalize_support import (
     AD_FLOAT,
+    IC_FLOAT,
     KWS_FLOAT,
     VWW_FLOAT,
     image_batch,
@@ -36,7 +37,7 @@ from canonicalize_support import (
     kws_input_int8,
 )
 from edgecomp_tflite.backend import TFLiteBackend
-from edgecomp_tflite.runner import operator_groups
+from edgecomp_tflite.runner import operator_figures
 from edgecomp_tflite.versions import builtin_name
 from edgecomp_tflite.writer import read_model
 from model_zoo import (
@@ -128,7 +129,7 @@ def lsb_agreement(data: bytes, model: ir.Model, feeds: list[dict]) -> tuple[floa
 # ------------------------------------------------------------------------------------------ naive INT8
 
 
-NAIVE = ["mnist", "kws", "vww", pytest.param("ad", marks=needs_ad_data), "hello_world"]
+NAIVE = ["mnist", "kws", "vww", "ic", pytest.param("ad", marks=needs_ad_data), "hello_world"]
 
 
 @pytest.mark.parametrize("name", NAIVE)
@@ -142,23 +143,43 @@ def test_naive_int8_matches_the_qdq_simulation_within_one_lsb(name):
     assert artifact.metadata["precision"] == "int8" and artifact.metadata["transposes_added"] == 0
 
 
-def test_naive_ic_every_operator_matches_the_simulation():
-    """ResNet-8 (4 real photos): every int8 operator agrees with the simulation of that operator on
-    LiteRT's own inputs (within 1 LSB on 100% of elements), while end to end only about 85% of the
-    softmax outputs are: rare 1-LSB rounding differences (fixed-point ADD and average pooling round
-    ties away from zero, the simulation to even) are amplified by the dense layer (up to 3.8 LSB per
-    input LSB here) and the softmax. The backend's verification accepts it on the operator figures."""
-    model, _, feeds, artifact = naive_artifact("ic")
+def test_naive_ic_pools_into_mean_with_its_own_parameters():
+    """ResNet-8's 8x8 AveragePool over its 8x8 map is canonicalized to GlobalAveragePool, which
+    naive calibrates on its own (not the input's scale, as AVERAGE_POOL_2D would need) and which
+    lowers to MEAN. Measured on the 4 photos: SQNR against FP32 26.5 dB (20.9 dB when the pool kept
+    its input's scale, whose exact half-LSB means rounded apart in LiteRT and the simulation and
+    left 85% of the softmax outputs within 1 LSB), every image keeps its FP32 class."""
+    model, input_name, feeds, artifact = naive_artifact("ic")
+    assert [node.op_type for node in model.graph if "Pool" in node.op_type] == ["GlobalAveragePool"]
+    tflite = read_model(artifact.files["ic.tflite"])
+    subgraph = tflite.subgraphs[0]
+    (mean,) = [op for op in subgraph.operators if kind(tflite, op) == "MEAN"]
+    assert "AVERAGE_POOL_2D" not in operator_names(artifact.files["ic.tflite"])
+    pooled, features = (subgraph.tensors[i].quantization.scale[0] for i in (mean.outputs[0], mean.inputs[0]))
+    assert pooled < 0.5 * features  # the mean spans a narrower range than the 8x8 map
+    float_model = canonical(IC_FLOAT, fold=True)
+    (reference,) = make_session(to_bytes(float_model), optimize=False).run(None, feeds[0])
+    actual = artifact.runner(feeds[0])[0]
+    sqnr = 10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / np.sum((actual - reference).astype(np.float64) ** 2))
+    assert sqnr >= 25.0, sqnr
+    assert np.array_equal(actual.argmax(1), reference.argmax(1))
+
+
+def test_reference_kernels_amplify_rounding_yet_every_operator_matches():
+    """Under LiteRT's reference kernels (BUILTIN_REF: conv requantization with gemmlowp's double
+    rounding), naive ResNet-8 differs from the simulation by 1 LSB on 0.1-0.2% of each conv
+    output; the residual blocks, the dense layer and the softmax amplify that to 77.5% of the
+    outputs within 1 LSB (max 15). Run alone on LiteRT's own inputs, every operator group is
+    within 1 LSB, which is what the per-operator check (:func:`operator_figures`) reports."""
+    model, input_name, feeds, artifact = naive_artifact("ic")
     data = artifact.files["ic.tflite"]
-    within, worst = lsb_agreement(data, model, feeds)
-    assert 0.75 <= within < 0.99 and worst <= 16  # the measured end-to-end amplification (85%, 9 LSB)
-    operators = artifact.metadata["verification"]["operators"]
-    assert operators["checked"] == len(operator_groups(model, [v.name for n in model.graph for v in n.outputs] + ["input_1"])) >= 15
-    assert operators["worst_int8"]["within_1_lsb"] == 1.0 and operators["worst_int8"]["max_lsb"] <= 1.0
     session = make_session(to_bytes(model), optimize=False)
     expected = session.run(None, feeds[0])[0]
-    actual = artifact.runner(feeds[0])[0]
-    assert np.array_equal(expected.argmax(1), actual.argmax(1))  # chelsea stays a cat, every image keeps its class
+    steps = np.abs(litert_rows(data, feeds[0][input_name], "BUILTIN_REF") - expected) / output_scale(data)
+    assert np.mean(steps <= 1.001) < 0.99
+    figures = operator_figures(artifact.runner.lowered, model, feeds, reference_kernels=True)
+    quantized = [entry for entry in figures.values() if "within_1_lsb" in entry]
+    assert len(quantized) >= 15 and all(entry["within_1_lsb"] == 1.0 and entry["max_lsb"] <= 1.0 for entry in quantized)
 
 
 def test_mnist_int8_accuracy_on_2000_digits_within_0_2_points_of_fp32(tmp_path):
@@ -449,12 +470,14 @@ def test_weights_with_a_nonzero_zero_point_are_unsupported(tmp_path):
     assert "nonzero zero point" in report.unsupported[0].reason
 
 
-def test_average_pool_with_other_output_parameters_gets_one_requantize(tmp_path):
-    """AVERAGE_POOL_2D's int8 kernel keeps its input's parameters (TFLite int8 spec): when a model
-    quantizes the pool's output differently, the pool writes the input's parameters and one
-    QUANTIZE (int8 -> int8) requantizes; the result still matches the simulation."""
+def _kws_with_pool_output_scale(kernel: list[int] | None = None) -> onnx.ModelProto:
+    """The official KWS QDQ twin with its average pool's output quantized at 1.25x its input scale,
+    and optionally another pool window (``kernel`` = kernel_shape = strides)."""
     proto = _kws_qdq_proto()
     pool = next(n for n in proto.graph.node if n.op_type == "AveragePool")
+    if kernel is not None:
+        for attribute in pool.attribute:
+            attribute.ints[:] = kernel
     quantize = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.input[0] == pool.output[0])
     scale = onnx.numpy_helper.to_array(next(t for t in proto.graph.initializer if t.name == quantize.input[1]))
     proto.graph.initializer.append(onnx.numpy_helper.from_array(np.asarray(scale * 1.25, np.float32), "pool_output_scale"))
@@ -462,13 +485,38 @@ def test_average_pool_with_other_output_parameters_gets_one_requantize(tmp_path)
     for node in proto.graph.node:  # the pool's own Q and the DequantizeLinear reading its (reshaped) result
         if node is quantize or (node.op_type == "DequantizeLinear" and node.input[1] == old_scale and _downstream_of(proto, node, reader)):
             node.input[1] = "pool_output_scale"
-    model = canonical(_save(proto, tmp_path, "kws_pool.onnx"), fold=False)
+    return proto
+
+
+def test_average_pool_with_other_output_parameters_gets_one_requantize(tmp_path):
+    """AVERAGE_POOL_2D's int8 kernel keeps its input's parameters (TFLite int8 spec): when a model
+    quantizes the pool's output differently, the pool writes the input's parameters and one
+    QUANTIZE (int8 -> int8) requantizes; the result still matches the simulation. KWS's pool over
+    24 of its 25 frames (a whole-window pool would become MEAN, next test)."""
+    model = canonical(_save(_kws_with_pool_output_scale([24, 5]), tmp_path, "kws_pool.onnx"), fold=False)
+    assert "AveragePool" in {node.op_type for node in model.graph}
     feeds = ({"input_1": kws_input_int8()},)
     artifact = TFLiteBackend().lower(model, TARGET, LowerOptions(quantize="qat", model_name="kws", verification_inputs=feeds))
     assert artifact.metadata["requantizations_added"] == 1
     assert operator_names(artifact.files["kws.tflite"]).count("QUANTIZE") == 1
     within, worst = lsb_agreement(artifact.files["kws.tflite"], model, list(feeds))
     assert within == 1.0 and worst <= 1
+
+
+def test_whole_window_pool_with_other_output_parameters_becomes_mean(tmp_path):
+    """Canonicalization makes KWS's 25x5 pool over its 25x5 map a GlobalAveragePool. With its
+    input's parameters it stays AVERAGE_POOL_2D (the official file's kernel, see the QAT tests);
+    with other output parameters it is a MEAN writing them directly: no requantize."""
+    model = canonical(_save(_kws_with_pool_output_scale(), tmp_path, "kws_pool.onnx"), fold=False)
+    feeds = ({"input_1": kws_input_int8()},)
+    artifact = TFLiteBackend().lower(model, TARGET, LowerOptions(quantize="qat", model_name="kws", verification_inputs=feeds))
+    names = operator_names(artifact.files["kws.tflite"])
+    assert "MEAN" in names and "AVERAGE_POOL_2D" not in names and "QUANTIZE" not in names
+    assert artifact.metadata["requantizations_added"] == 0
+    within, worst = lsb_agreement(artifact.files["kws.tflite"], model, list(feeds))
+    assert within == 1.0 and worst <= 1
+    official = qat_artifact("kws")[1]
+    assert operator_names(official).count("AVERAGE_POOL_2D") == 1 and "MEAN" not in operator_names(official)
 
 
 def _downstream_of(proto: onnx.ModelProto, node: onnx.NodeProto, value: str) -> bool:

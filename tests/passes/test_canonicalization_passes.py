@@ -39,6 +39,7 @@ def test_pass_order():
         "ShapeInferencePass",
         "FuseBiasAddPass",
         "FoldBatchNormPass",
+        "WholeWindowAveragePoolPass",
         "RemoveUnusedNodesPass",
         "TopologicalSortPass",
     ]

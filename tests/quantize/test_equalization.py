@@ -150,7 +150,7 @@ def test_depthwise_chains_are_paired_and_the_gemm_before_softmax_is_refused():
     depthwise_second = [p for p in pairs if p.second.attributes.get_int("group", 1) == constant_array(p.second.inputs[1]).shape[0]]
     depthwise_first = [p for p in pairs if p.first.attributes.get_int("group", 1) > 1]
     assert len(depthwise_second) == 13 and len(depthwise_first) == 13  # MobileNetV1: 13 dw/pw blocks
-    assert pairs[-1].second.op_type == "Gemm" and [n.op_type for n in pairs[-1].between] == ["Relu", "AveragePool", "Reshape"]
+    assert pairs[-1].second.op_type == "Gemm" and [n.op_type for n in pairs[-1].between] == ["Relu", "GlobalAveragePool", "Reshape"]
     assert list(refusals.values()) == ["Softmax 'Identity' between the layers is not positive homogeneous per channel"]
 
 

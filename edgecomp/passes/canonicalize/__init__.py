@@ -2,9 +2,9 @@
 
 After these passes a model has: no weights hidden in IR < 4 graph inputs, no ``Constant`` nodes,
 nothing left that constants alone determine, no Identity/inference Dropout, BatchNormalization
-folded into Conv/ConvTranspose/Gemm, constant bias Adds folded into Conv biases or Gemm, optionally
-no DequantizeLinear on constant weights, no unused nodes or initializers, and nodes in topological
-order. Every pass keeps ONNX Runtime outputs equal (see each pass's tolerance in its test).
+folded into Conv/ConvTranspose/Gemm, constant bias Adds folded into Conv biases or Gemm, whole-input
+AveragePools as GlobalAveragePool, optionally no DequantizeLinear on constant weights, no unused
+nodes or initializers, and nodes in topological order. Every pass keeps ONNX Runtime outputs equal (see each pass's tolerance in its test).
 
 Library passes (onnx-ir ``onnx_ir.passes.common``) are used wherever they exist; the modules here
 add only what onnx-ir lacks, one pass per module. Our passes rewrite the main graph only (not
@@ -28,6 +28,7 @@ from edgecomp.passes.canonicalize.dropout_to_identity import DropoutToIdentityPa
 from edgecomp.passes.canonicalize.fold_batch_norm import FoldBatchNormPass
 from edgecomp.passes.canonicalize.fold_weight_dequantize import FoldWeightDequantizePass
 from edgecomp.passes.canonicalize.fuse_bias_add import FuseBiasAddPass
+from edgecomp.passes.canonicalize.global_average_pool import WholeWindowAveragePoolPass
 from edgecomp.passes.canonicalize.legacy_initializer_inputs import RemoveLegacyInitializerInputsPass
 
 __all__ = [
@@ -37,6 +38,7 @@ __all__ = [
     "FoldWeightDequantizePass",
     "FuseBiasAddPass",
     "RemoveLegacyInitializerInputsPass",
+    "WholeWindowAveragePoolPass",
     "canonicalization_passes",
 ]
 
@@ -59,7 +61,9 @@ def canonicalization_passes(*, fold_weight_dequantize: bool) -> list[PassBase]:
     7. ``FuseBiasAddPass`` before ``FoldBatchNormPass``: Conv -> Add(bias) -> BatchNormalization
        becomes Conv(bias) -> BatchNormalization, which then folds; MatMul -> Add -> BatchNormalization
        becomes Gemm -> BatchNormalization, which folds too.
-    8. ``RemoveUnusedNodesPass`` (unused nodes and initializers, e.g. the int8 weights replaced in
+    8. ``WholeWindowAveragePoolPass``: an AveragePool over its whole input (ResNet-8's 8x8 pool)
+       becomes GlobalAveragePool, so that in int8 it gets its own output parameters (TFLite MEAN).
+    9. ``RemoveUnusedNodesPass`` (unused nodes and initializers, e.g. the int8 weights replaced in
        step 3) and ``TopologicalSortPass`` (onnx-ir).
 
     Args:
@@ -83,6 +87,7 @@ def canonicalization_passes(*, fold_weight_dequantize: bool) -> list[PassBase]:
         ShapeInferencePass(),
         FuseBiasAddPass(),
         FoldBatchNormPass(),
+        WholeWindowAveragePoolPass(),
         RemoveUnusedNodesPass(),
         TopologicalSortPass(),
     ]

@@ -6,7 +6,11 @@ window (max ignores them, average divides by the number of real elements). That 
 (padding is -inf) and AveragePool with ``count_include_pad=0``. ONNX ``count_include_pad=1``
 counts padded zeros: lowered as an explicit zero PAD then a VALID average, exact as long as every
 window lies inside the padded input (no ``ceil_mode`` overhang past ``pads_end``). Global pools
-reduce the spatial axes wherever the input's layout stores them, keeping them as size-1 axes.
+reduce the spatial axes wherever the input's layout stores them, keeping them as size-1 axes. An
+int8 GlobalAveragePool whose output keeps its input's parameters (a QAT/pre-quantized model's
+whole-window average pool, see ``WholeWindowAveragePoolPass``) becomes a whole-window
+AVERAGE_POOL_2D instead: the kernel the TFLite converter emits for it, whose rounding (half away
+from zero, ``reference_integer_ops::AveragePool``) the official int8 files were computed with.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 import onnx_ir as ir
 from ai_edge_litert import schema_py_generated as schema
 
-from edgecomp_tflite.context import GraphInfo, LoweringContext, attribute
+from edgecomp_tflite.context import GraphInfo, LoweringContext, attribute, same_element
 from edgecomp_tflite.layout import Layout
 from edgecomp_tflite.ops import register
 from edgecomp_tflite.ops.spatial import (
@@ -93,10 +97,22 @@ def check_global_pool(info: GraphInfo, node: ir.Node) -> str | None:
 
 @register("GlobalAveragePool", "GlobalMaxPool", check=check_global_pool)
 def lower_global_pool(ctx: LoweringContext, node: ir.Node) -> None:
-    """GlobalAveragePool -> MEAN, GlobalMaxPool -> REDUCE_MAX over the spatial axes, keep_dims=True."""
+    """GlobalAveragePool -> MEAN, GlobalMaxPool -> REDUCE_MAX over the spatial axes, keep_dims=True;
+    an int8 4-D GlobalAveragePool with its input's parameters -> VALID whole-window AVERAGE_POOL_2D."""
     x_value = node.inputs[0]
     layout = ctx.layout(x_value)
-    rank = len(ctx.static_shape(x_value))
+    shape = ctx.static_shape(x_value)
+    rank = len(shape)
+    if node.op_type == "GlobalAveragePool" and rank == 4 and None not in shape[2:] and ctx.precision(node) == "int8":
+        if same_element(ctx.element_type(x_value), ctx.element_type(node.outputs[0])):
+            x = read_channels_last(ctx, node)
+            y = ctx.define(node.outputs[0], Layout.nhwc(4))
+            options = schema.Pool2DOptionsT()
+            options.padding = Padding.VALID
+            options.strideH = options.strideW = 1
+            options.filterHeight, options.filterWidth = shape[2], shape[3]
+            ctx.emit(Builtin.AVERAGE_POOL_2D, [x], [y], options)
+            return
     x = ctx.read(x_value)
     axes = sorted(layout.stored_axis(axis) for axis in range(2, rank))
     code = Builtin.MEAN if node.op_type == "GlobalAveragePool" else Builtin.REDUCE_MAX
