@@ -63,9 +63,13 @@ ONNX_OPS = frozenset(
         "Conv", "Gemm", "MatMul", "Add", "Sub", "Mul", "Relu", "Clip", "MaxPool", "AveragePool",
         "GlobalAveragePool", "ReduceMean", "Softmax", "Reshape", "Flatten", "Squeeze", "Unsqueeze",
         "Concat", "Pad", "QuantizeLinear", "DequantizeLinear", "Identity", "Dropout", "Constant",
-        "BatchNormalization",
+        "BatchNormalization", "Transpose",
     }
 )
+"""ONNX operators the c backend accepts before any work. ``Transpose`` is among them because the
+tflite lowering folds layout transposes (the NHWC -> NCHW Transpose tf2onnx puts after the input
+of every MLPerf Tiny model) into its channels-last layout; a TRANSPOSE operator that stays in the
+``.tflite`` is refused by :func:`edgecomp_c.lowering.lower_program` (no C kernel), exit 7."""
 
 
 class CRunner:

@@ -297,6 +297,33 @@ def test_cli_compile_verifies_bit_exactness_and_reports_the_arena(tmp_path):
 
 
 @needs_gcc
+def test_cli_compiles_the_float_resnet8_with_its_input_transpose(tmp_path):
+    """ResNet-8 as tf2onnx exported it (an NHWC -> NCHW Transpose after the input) from the CLI, on
+    the cortex-m4 default backend: the support check lets the Transpose through (the tflite
+    lowering folds it into the layout), no TRANSPOSE kernel is emitted, the C output is bit-exact
+    and the arena is the lower bound (49,152 B). The QDQ twin compiles too."""
+    from canonicalize_support import IC_FLOAT, image_batch
+
+    calibration = tmp_path / "ic_photos.npz"
+    np.savez(calibration, input_1=image_batch(32, 1.0))
+    out = tmp_path / "ic-c"
+    result = subprocess.run(
+        [sys.executable, "-m", "edgecomp", "compile", str(IC_FLOAT), "-t", "cortex-m4", "--calibration", str(calibration), "-o", str(out), "--json"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["backend"] == "c" and report["backend_metadata"]["verification"]["bit_exact"] is True
+    assert report["memory"]["arena_bytes"] == report["memory"]["lower_bound_bytes"] == 49_152
+    assert "ec_transpose" not in (out / "pretrainedResnet.c").read_text()
+    twin = subprocess.run(
+        [sys.executable, "-m", "edgecomp", "compile", str(OFFICIAL["ic"][0]), "-t", "cortex-m4", "-q", "qat", "-o", str(tmp_path / "ic-qat")],
+        capture_output=True, text=True,
+    )
+    assert twin.returncode == 0, twin.stderr
+
+
+@needs_gcc
 @pytest.mark.skipif(shutil.which("cmake") is None, reason="cmake not installed")
 def test_cmake_example_configures_builds_and_classifies_real_digits(tmp_path):
     edgecomp = shutil.which("edgecomp")
