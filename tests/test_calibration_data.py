@@ -267,6 +267,14 @@ def test_preprocessing_from_file_reads_every_key(tmp_path):
     assert prep.sample_shape() == (32, 48, 1)
 
 
+def test_preprocessing_layout_in_any_letter_case(tmp_path):
+    """`layout = "nhwc"` as `--io-layout nhwc` spells it; the default scale is 1/255."""
+    path = tmp_path / "p.toml"
+    path.write_text('size = [32, 32]\nlayout = "nhwc"\n')
+    prep = ImagePreprocessing.from_file(path)
+    assert prep.layout == "NHWC" and prep.sample_shape() == (32, 32, 3) and prep.scale == pytest.approx(1 / 255)
+
+
 @pytest.mark.parametrize(
     "text, key",
     [

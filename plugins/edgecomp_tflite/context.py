@@ -196,7 +196,9 @@ class LoweringContext(GraphInfo):
     Attributes:
         transposes_added: TRANSPOSE operators emitted to change a stored layout.
         fused: names of nodes whose work another operator does (fused activations, bias Adds).
-        fused_activations: activations folded into the preceding operator.
+        fused_activations: activation nodes of the IR folded into the preceding operator (a Relu
+            that naive/selective quantization already fused into its producer's output parameters
+            is no longer a node, so it is not counted; the quantization plan lists those).
         current_node: the node being lowered (set by the driver); its precision decides whether
             int8 inputs are read as they are or through a DEQUANTIZE.
         requantizations: QUANTIZE int8 -> int8 operators added because a byte-moving int8 kernel

@@ -57,7 +57,9 @@ class LoweredModel:
             input/output tensor order and the signature keys).
         input_layouts, output_layouts: stored layout of each graph input/output.
         transposes_added: TRANSPOSE operators emitted to change a stored layout.
-        fused_activations: activations folded into the preceding operator.
+        fused_activations: activation nodes of the IR folded into the preceding operator (a Relu
+            that naive/selective quantization already fused into its producer's output parameters
+            is no longer a node, so it is not counted; the quantization plan lists those).
         op_histogram: TFLite builtin name -> number of operators.
         operator_versions: TFLite builtin name -> OperatorCode version.
         output_quantization: per graph output, the quantization of the int8 tensor it is (int8

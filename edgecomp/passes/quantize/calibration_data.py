@@ -233,7 +233,7 @@ class ImagePreprocessing:
 
     Attributes:
         size: (height, width) in pixels.
-        layout: ``"NCHW"`` or ``"NHWC"``.
+        layout: ``"NCHW"`` or ``"NHWC"`` (any letter case).
         channels: 1 (grayscale) or 3 (RGB).
         scale: multiplies the 0..255 pixel value (1/255 gives 0..1).
         mean, std: one value for all channels or one per channel (in scaled units); std nonzero.
@@ -266,6 +266,8 @@ class ImagePreprocessing:
         ):
             return f"key 'size' must be [height, width] of positive integers, got {size!r}"
         object.__setattr__(self, "size", (int(size[0]), int(size[1])))
+        if isinstance(self.layout, str):
+            object.__setattr__(self, "layout", self.layout.upper())
         if self.layout not in ("NCHW", "NHWC"):
             return f"key 'layout' must be 'NCHW' or 'NHWC', got {self.layout!r}"
         if not isinstance(self.channels, int) or isinstance(self.channels, bool) or self.channels not in (1, 3):
