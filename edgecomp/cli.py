@@ -34,6 +34,17 @@ stdout = _Console(width=None if sys.stdout.isatty() else 160)
 stderr = Console(stderr=True)
 
 
+def finite_json(value: Any) -> Any:
+    """``value`` with every non-finite float (an infinite SQNR of identical outputs, a NaN) replaced
+    by None, so ``--json`` prints standard JSON (RFC 8259 has no Infinity or NaN)."""
+    if isinstance(value, float):
+        return value if value == value and value not in (float("inf"), float("-inf")) else None
+    if isinstance(value, dict):
+        return {key: finite_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_json(item) for item in value]
+    return value
+
 def _fail(error: EdgecompError) -> None:
     click.echo(f"edgecomp: error: {error}", err=True)
     sys.exit(error.exit_code)
@@ -169,7 +180,7 @@ def _key_values(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str], .
     "sensitive layers in float until --min-sqnr/--max-accuracy-drop is met; dynamic: INT8 weights, float activations; qat: keep the QDQ scales "
     "a QAT or pre-quantized model carries; auto: qat for models with QuantizeLinear/DequantizeLinear, else naive.",
 )
-@click.option("--int8-ops", default="Conv,Gemm,MatMul", show_default=True, help="Comma-separated operator types run in INT8 by -q hybrid.")
+@click.option("--int8-ops", default=None, help="Comma-separated operator types run in INT8 by -q hybrid (default Conv,Gemm,MatMul; only with -q hybrid).")
 @click.option("--equalize", is_flag=True, help="Cross-layer equalization before quantizing (Nagel et al. 2019).")
 @click.option("--bias-correction", is_flag=True, help="Empirical bias correction after quantizing (Nagel et al. 2019).")
 @click.option("--min-sqnr", "min_sqnr_db", type=float, default=None, help="-q selective goal: output SQNR vs FP32 (dB) on the calibration data.")
@@ -181,7 +192,7 @@ def _key_values(ctx, param, values: tuple[str, ...]) -> tuple[tuple[str, str], .
 @click.option("--preprocessing", type=click.Path(dir_okay=False), default=None, help="Image preprocessing TOML for image folders.")
 @click.option("--eval", "eval_path", type=click.Path(), default=None, help="Evaluation data, any calibration format (npz: x or input names, optional labels y): FP32 vs compiled comparison.")
 @click.option("-o", "--output", type=click.Path(), default=None, help="Output folder (default: <model>-<target>).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Batch size for models with a dynamic batch axis.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True, help="Samples per run when calibrating, verifying and evaluating (models with a dynamic batch axis); the artifact's input shape is unchanged.")
 @click.option("--dump-ir", type=click.Path(file_okay=False), default=None, help="Write the model after every pass to this folder.")
 @click.option("--io-layout", type=click.Choice(["nchw", "nhwc"]), default=None, help="Layout of 4-D inputs/outputs in the artifact (default: the ONNX model's).")
 @click.option(
@@ -199,7 +210,7 @@ def compile_command(model, target, backend, quantize, int8_ops, equalize, bias_c
         model=model, target=target, backend=backend, quantize=quantize, calibration=calibration,
         calibration_method=calibration_method, calibration_limit=calibration_limit, preprocessing=preprocessing,
         eval=eval_path, output=output, batch_size=batch_size, dump_ir=dump_ir, io_layout=io_layout, backend_options=backend_options,
-        int8_ops=tuple(op.strip() for op in int8_ops.split(",") if op.strip()), plan=plan_path,
+        int8_ops=None if int8_ops is None else tuple(op.strip() for op in int8_ops.split(",") if op.strip()), plan=plan_path,
         min_sqnr_db=min_sqnr_db, max_accuracy_drop=max_accuracy_drop, equalize=equalize, bias_correction=bias_correction,
     )
     with Progress(console=stderr, transient=True, disable=not stderr.is_terminal) as bar:
@@ -215,7 +226,7 @@ def compile_command(model, target, backend, quantize, int8_ops, equalize, bias_c
     for warning in result.report.get("warnings", []):
         click.echo(f"edgecomp: warning: {warning['node']}: {warning['kind']}: {warning['message']}", err=True)
     if as_json:
-        click.echo(json.dumps(result.report, indent=2, sort_keys=True, default=str))
+        click.echo(json.dumps(finite_json(result.report), indent=2, sort_keys=True, default=str, allow_nan=False))
     else:
         _print_report(result.report)
 

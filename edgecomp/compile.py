@@ -13,6 +13,7 @@ import inspect
 import logging
 import os
 import pathlib
+import re
 import shutil
 import tempfile
 import time
@@ -23,7 +24,7 @@ import onnx_ir as ir
 
 from edgecomp import __version__
 from edgecomp.backend import LowerOptions
-from edgecomp.errors import BudgetError, CalibrationDataError, OutputError, PlanError, UnsupportedError
+from edgecomp.errors import BudgetError, CalibrationDataError, OutputError, PlanError, PluginError, TargetError, UnsupportedError, UsageError
 from edgecomp.ir.load import load_model, to_bytes, to_proto
 from edgecomp.ir.run import make_session
 from edgecomp.passes.base import IRDump, PassManager, PassTiming
@@ -62,7 +63,8 @@ class CompileOptions:
             (int8 weights, float activations), ``qat`` (keep the QuantizeLinear/DequantizeLinear and
             scales the model carries), or ``auto`` (``qat`` when the model carries QDQ nodes, else
             ``naive``).
-        int8_ops: operator types run in INT8 by ``hybrid`` (default Conv, Gemm, MatMul).
+        int8_ops: operator types run in INT8 by ``hybrid``; None: ``naive.HYBRID_DEFAULT_OPS``
+            (Conv, Gemm, MatMul). Only with ``hybrid``; each must be an operator with an int8 kernel.
         min_sqnr_db: ``selective``: keep the most sensitive layers in float until the output SQNR
             vs FP32 on the calibration data reaches this many dB.
         max_accuracy_drop: ``selective``: ... until FP32 accuracy minus compiled accuracy on the
@@ -100,7 +102,7 @@ class CompileOptions:
     dump_ir: str | None = None
     io_layout: str | None = None
     backend_options: tuple[tuple[str, str], ...] = ()
-    int8_ops: tuple[str, ...] = ("Conv", "Gemm", "MatMul")
+    int8_ops: tuple[str, ...] | None = None
     plan: str | None = None
     min_sqnr_db: float | None = None
     max_accuracy_drop: float | None = None
@@ -123,17 +125,45 @@ def _sha256(data: bytes) -> str:
 
 OUTPUT_MARKER = ".edgecomp-output"
 OUTPUT_MARKER_TEXT = b"This folder was written by edgecomp and is replaced as a whole by the next compile into it.\n"
+_MANIFEST_HEADER = b"Files it wrote (sha256, name); a folder holding anything else is not replaced:\n"
+
+
+def output_marker(files: dict[str, bytes]) -> bytes:
+    """The marker's content: :data:`OUTPUT_MARKER_TEXT` then one ``<sha256>  <name>`` line per file
+    written (sorted by name), so the next compile can tell edgecomp's files from a user's."""
+    lines = [f"{_sha256(data)}  {name}\n".encode() for name, data in sorted(files.items())]
+    return OUTPUT_MARKER_TEXT + _MANIFEST_HEADER + b"".join(lines)
+
+
+def _foreign_entry(folder: pathlib.Path) -> str | None:
+    """The first entry of an edgecomp output folder that the marker does not list with its
+    content (a file the user added or edited, a subfolder), or None. A marker without a file
+    list (written before edgecomp listed its files) vouches for the whole folder."""
+    text = (folder / OUTPUT_MARKER).read_bytes()
+    if _MANIFEST_HEADER not in text:
+        return None
+    listed = {}
+    for line in text.split(_MANIFEST_HEADER, 1)[1].decode(errors="replace").splitlines():
+        digest, _, name = line.partition("  ")
+        listed[name] = digest
+    for entry in sorted(folder.iterdir()):
+        if entry.name == OUTPUT_MARKER:
+            continue
+        if not entry.is_file() or entry.is_symlink() or listed.get(entry.name) != _sha256(entry.read_bytes()):
+            return entry.name
+    return None
 
 
 def _check_output(path: pathlib.Path, inputs: list[str]) -> None:
     """Refuse an output location that would lose data.
 
-    An existing folder is only replaced when edgecomp wrote it (it holds :data:`OUTPUT_MARKER`), and
-    never when it contains one of the compile's inputs (model, data, target file).
+    An existing folder is only replaced when edgecomp wrote it (it holds :data:`OUTPUT_MARKER`)
+    and it holds nothing else than the files the marker lists, unchanged; never when it contains
+    one of the compile's inputs (model, data, target file).
 
     Raises:
-        OutputError: the path is a file, a foreign non-empty folder, holds an input, or its parent
-            is missing or not writable.
+        OutputError: the path is a file, a foreign non-empty folder, an edgecomp folder with a file
+            added or edited since, holds an input, or its parent is missing or not writable.
     """
     if path.exists() and not path.is_dir():
         raise OutputError(f"{path}: output path is an existing file, not a folder")
@@ -143,11 +173,31 @@ def _check_output(path: pathlib.Path, inputs: list[str]) -> None:
             raise OutputError(f"{path}: output folder contains the input {item}; choose another output folder")
     if path.is_dir() and any(path.iterdir()) and not (path / OUTPUT_MARKER).is_file():
         raise OutputError(f"{path}: folder exists and was not written by edgecomp (no {OUTPUT_MARKER}); choose a new or empty folder")
+    if path.is_dir() and (path / OUTPUT_MARKER).is_file() and (foreign := _foreign_entry(path)) is not None:
+        raise OutputError(f"{path}: {foreign} was added or changed after edgecomp wrote this folder; move it or choose another output folder")
     parent = resolved.parent
     if not parent.is_dir():
         raise OutputError(f"{path}: parent folder {parent} does not exist")
     if not os.access(parent, os.W_OK):
         raise OutputError(f"{path}: parent folder {parent} is not writable")
+
+
+_DUMP_NAME = re.compile(r"\d\d-\w+\.onnx")
+
+
+def _check_dump_dir(path: pathlib.Path) -> None:
+    """``--dump-ir`` writes ``NN-PassName.onnx`` files (:class:`edgecomp.passes.base.IRDump`) into a
+    new or empty folder, or over an earlier dump; anything else there could be overwritten.
+
+    Raises:
+        OutputError: the path is a file, or the folder holds a file that is not such a dump.
+    """
+    if path.exists() and not path.is_dir():
+        raise OutputError(f"--dump-ir {path}: an existing file, not a folder")
+    if path.is_dir():
+        for entry in sorted(path.iterdir()):
+            if not (entry.is_file() and _DUMP_NAME.fullmatch(entry.name)):
+                raise OutputError(f"--dump-ir {path}: holds {entry.name}, which is not an IR dump; choose a new or empty folder")
 
 
 def write_atomically(folder: pathlib.Path, files: dict[str, bytes]) -> None:
@@ -231,32 +281,46 @@ def _quantization_rules(backend, target):
     return method(target) if callable(method) else DEFAULT_RULES
 
 
-def _check_backend_options(backend, pairs: tuple[tuple[str, str], ...]) -> None:
+def _check_backend_options(backend, pairs: tuple[tuple[str, str], ...], mode: str) -> None:
     """Every ``--backend-option`` key must be one of the backend's ``option_choices`` and its value
-    one of the allowed values (UnsupportedError naming the key, before any work)."""
+    one of the allowed values (UnsupportedError naming the key, before any work); a backend's
+    optional ``option_problem(key, value, quantize)`` refuses a setting the mode cannot use
+    (UsageError)."""
     choices = getattr(backend, "option_choices", {}) or {}
+    check = getattr(backend, "option_problem", None)
     for key, value in pairs:
         if key not in choices:
             known = ", ".join(sorted(choices)) or "none"
             raise UnsupportedError(f"backend {backend.name!r} has no option {key!r} (its options: {known})")
         if value not in choices[key]:
             raise UnsupportedError(f"backend {backend.name!r}: option {key}={value!r} is not one of {', '.join(choices[key])}")
+        problem = check(key, value, mode) if check is not None else None
+        if problem:
+            raise UsageError(f"backend {backend.name!r}: option {key}={value}: {problem}")
 
 
 def _check_mode_options(options: CompileOptions, mode: str) -> None:
     """Refuse options that do not apply to the quantization mode, before any work.
 
     Raises:
-        UnsupportedError: a selective goal, equalization or bias correction with a mode they do
-            not apply to.
+        UsageError: a selective goal, equalization, bias correction or ``int8_ops`` with a mode
+            they do not apply to, or an ``int8_ops`` entry without an int8 kernel.
         PlanError: a plan file with a mode other than naive/hybrid.
     """
+    from edgecomp.passes.quantize.naive import INT8_OPS
+
     if (options.min_sqnr_db is not None or options.max_accuracy_drop is not None) and mode != "selective":
-        raise UnsupportedError(f"--min-sqnr and --max-accuracy-drop are goals of --quantize selective, not {mode}")
+        raise UsageError(f"--min-sqnr and --max-accuracy-drop are goals of --quantize selective, not {mode}")
     if (options.equalize or options.bias_correction) and mode not in ("naive", "hybrid", "selective", "dynamic"):
-        raise UnsupportedError(f"--equalize and --bias-correction apply to naive, hybrid, selective (and dynamic for --equalize), not {mode}")
+        raise UsageError(f"--equalize and --bias-correction apply to naive, hybrid, selective (and dynamic for --equalize), not {mode}")
     if options.bias_correction and mode == "dynamic":
-        raise UnsupportedError("--bias-correction needs quantized activations; -q dynamic quantizes weights only")
+        raise UsageError("--bias-correction needs quantized activations; -q dynamic quantizes weights only")
+    if options.int8_ops is not None:
+        if mode != "hybrid":
+            raise UsageError(f"--int8-ops chooses the INT8 operators of --quantize hybrid, not {mode}")
+        for op_type in options.int8_ops:
+            if op_type not in INT8_OPS:
+                raise UsageError(f"--int8-ops {op_type}: not an operator type with an int8 kernel (one of {', '.join(sorted(INT8_OPS))})")
     if options.plan and mode not in ("naive", "hybrid"):
         raise PlanError(f"{options.plan}: a plan file applies to --quantize naive or hybrid, not {mode}")
 
@@ -307,6 +371,28 @@ def _open_data(option: str, path: str, specs, preprocessing, limit: int | None =
         return open_dataset(path, specs, preprocessing=preprocessing, limit=limit)
     except CalibrationDataError as exc:
         raise CalibrationDataError(f"{option} {exc}") from None
+
+
+def _check_labels(path: str, dataset, model) -> None:
+    """Eval labels ``y`` must be class indices of an output: 0 <= y < elements per sample.
+
+    Raises:
+        CalibrationDataError: a label no output has a class for (names the file and the label).
+    """
+    if dataset.labels is None:
+        return
+    sizes = []
+    for value in model.graph.outputs:
+        dims = list(value.shape or [])[1:]
+        if dims and all(isinstance(d, int) for d in dims):
+            sizes.append((int(np.prod(dims)), value.name))
+    if not sizes:
+        return
+    classes, name = max(sizes)
+    labels = np.asarray(dataset.labels).reshape(-1)
+    if labels.size and (labels.min() < 0 or labels.max() >= classes):
+        bad = int(labels.min() if labels.min() < 0 else labels.max())
+        raise CalibrationDataError(f"--eval {path}: label {bad} is not a class index of output '{name}' (0..{classes - 1})")
 
 
 def _evaluate(reference, runner, dataset, batch_size: int) -> dict[str, Any]:
@@ -364,20 +450,27 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         raise CalibrationDataError(f"unknown calibration method {options.calibration_method!r}; choose one of {', '.join(METHODS)}")
     model_path = pathlib.Path(options.model)
     target = get_target(options.target)
-    backend = get_backend(options.backend or target.default_backend)
+    try:
+        backend = get_backend(options.backend or target.default_backend)
+    except PluginError as error:
+        if options.backend:
+            raise
+        raise TargetError(f"{target.path or target.name}: key 'default_backend': {error}") from None
     output_dir = pathlib.Path(options.output) if options.output else pathlib.Path(f"{model_path.stem}-{target.name}")
     _check_output(output_dir, [p for p in (options.model, options.calibration, options.eval, options.preprocessing, options.target, options.plan) if p and os.path.exists(p)])
+    if options.dump_ir:
+        _check_dump_dir(pathlib.Path(options.dump_ir))
     model = load_model(model_path)
     input_bytes = model_path.stat().st_size
     mode = options.quantize
     if mode == "auto":
         mode = "qat" if has_qdq(model) else "naive"
+    _check_mode_options(options, mode)
+    _check_backend_options(backend, options.backend_options, mode)
     if mode in CALIBRATED_MODES and not options.calibration:
         raise CalibrationDataError(f"--quantize {mode} needs calibration data (--calibration PATH)")
     if mode == "qat" and not has_qdq(model):
         raise UnsupportedError(f"{model_path}: --quantize qat needs a model with QuantizeLinear/DequantizeLinear nodes; this one has none")
-    _check_mode_options(options, mode)
-    _check_backend_options(backend, options.backend_options)
     lap("load")
 
     instruments: list = [PassTiming()]
@@ -400,6 +493,8 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     support = _support(backend, model, target, mode)
     if not support.ok:
         first = support.unsupported[0]
+        if first.node == "*":  # the whole mode is refused (Unsupported("*", "--quantize X", reason))
+            raise UnsupportedError(f"backend {backend.name!r} does not take {first.op_type} for target {target.name!r}: {first.reason}")
         more = f" (and {len(support.unsupported) - 1} more)" if len(support.unsupported) > 1 else ""
         raise UnsupportedError(f"backend {backend.name!r} cannot lower node {first.node!r} ({first.op_type}) for target {target.name!r}: {first.reason}{more}")
     lap("support")
@@ -410,6 +505,8 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     specs = input_specs(model)
     preprocessing = ImagePreprocessing.from_file(options.preprocessing) if options.preprocessing else None
     eval_data = _open_data("--eval", options.eval, specs, preprocessing) if options.eval else None  # fail fast
+    if eval_data is not None:
+        _check_labels(options.eval, eval_data, model)
     plan = None
     verification_inputs: list = []
     calibration = None
@@ -463,7 +560,7 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
                 extra_files[SENSITIVITY_CHART] = sensitivity_bar_chart(selective.sensitivities, None, all_int8_db=selective.all_int8_sqnr_db)
                 extra_report["selective"] = selective.report()
         if mode in ("naive", "hybrid"):
-            choose = hybrid_chooser(options.int8_ops) if mode == "hybrid" else None
+            choose = hybrid_chooser(*(() if options.int8_ops is None else (options.int8_ops,))) if mode == "hybrid" else None
             tensor_methods, fixed_params = {}, {}
             if plan_request is not None:
                 choose, tensor_methods, fixed_params = plan_request.choose, plan_request.tensor_methods, plan_request.fixed_params
@@ -548,6 +645,9 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         model, artifact = lower(model, plan)
     if plan is not None and artifact.model is not None:
         plan = _refresh_plan(plan, artifact.model, backend.name)
+    if not verification_inputs:
+        warnings.append({"node": model_path.name, "kind": "not-verified",
+                         "message": "no --calibration or --eval data, so the artifact was not run against the reference; give data to verify it"})
     # a backend that plans its own arena (the c backend) reports it and checks the RAM budget itself
     backend_memory = artifact.metadata.get("memory")
     memory = backend_memory if isinstance(backend_memory, dict) else _plan_memory(artifact.model or model, mode != "none", target)
@@ -564,10 +664,10 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
     lap("evaluate")
 
     files = dict(artifact.files)
-    files[OUTPUT_MARKER] = OUTPUT_MARKER_TEXT
     files.update(extra_files)
     if plan is not None:
         files[PLAN_FILE] = plan.to_json().encode()
+    files[OUTPUT_MARKER] = output_marker(files)
     write_atomically(output_dir, files)
     lap("write")
 

@@ -11,7 +11,8 @@ code  class                       meaning
 ====  ==========================  =====================================================================
 0     -                           success
 1     EdgecompError               unexpected internal failure (a bug: please report it)
-2     (click usage error)         bad command-line usage: unknown option, missing argument
+2     UsageError                  bad command-line usage: unknown option, missing argument, options
+                                  that contradict each other (click's own usage errors exit 2 too)
 3     ModelError                  the model file is missing, not ONNX, truncated or invalid
 4     CalibrationDataError        calibration/eval data missing, empty, or not fitting the model
 5     TargetError                 unknown target, or a target TOML with a bad key or value
@@ -35,6 +36,12 @@ class EdgecompError(Exception):
     """
 
     exit_code: int = 1
+
+
+class UsageError(EdgecompError):
+    """Options that do not go together (e.g. a selective goal with ``--quantize naive``)."""
+
+    exit_code = 2
 
 
 class ModelError(EdgecompError):

@@ -99,9 +99,28 @@ def test_bad_calibration_data(tmp_path, case):
     assert not (tmp_path / "out").exists()
 
 
+def test_eval_labels_outside_the_output_classes(tmp_path):
+    """mnist-8 has 10 classes: a label 42 would make accuracy 0 % silently; it is refused instead."""
+    evaluation = tmp_path / "eval.npz"
+    np.savez(evaluation, x=real_digits(8), y=np.array([7, 2, 1, 0, 4, 1, 4, 42]))
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "--eval", str(evaluation), "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, CalibrationDataError.exit_code, "eval.npz", "label 42", "Plus214_Output_0", "0..9")
+    assert not (tmp_path / "out").exists()
+
+
 def test_unknown_target(tmp_path):
     result = run_cli("compile", str(MNIST_MODEL), "-t", "cortex-m99", "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
     assert_clean_failure(result, TargetError.exit_code, "cortex-m99", "cortex-m4")
+    assert not (tmp_path / "out").exists()
+
+
+def test_target_file_with_an_unknown_default_backend(tmp_path):
+    text = (pathlib.Path(__file__).parents[1] / "targets" / "cortex-m4.toml").read_text()
+    board = tmp_path / "board.toml"
+    board.write_text(text.replace('default_backend = "c"', 'default_backend = "cmsis"'))
+    assert 'default_backend = "cmsis"' in board.read_text()
+    result = run_cli("compile", str(MNIST_MODEL), "-t", str(board), "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, TargetError.exit_code, "board.toml", "'default_backend'", "cmsis")
     assert not (tmp_path / "out").exists()
 
 
@@ -148,15 +167,50 @@ def test_output_folder_holding_an_input_is_refused(tmp_path):
 
 
 def test_edgecomp_output_folder_is_replaced_whole(tmp_path):
-    first = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "out", cwd=tmp_path)
+    """A folder holding only what the last compile wrote (its marker lists each file and its
+    sha256) is replaced as a whole, older files included (the naive compile's plan here)."""
+    first = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "naive", "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    (tmp_path / "out" / "stale.txt").write_text("from an older compile")
+    assert "quantization_plan.json" in (tmp_path / "out" / ".edgecomp-output").read_text()
     second = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "out", cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".edgecomp-output", "mnist-8.onnx", "mnist-8.ort"]
+
+
+@pytest.mark.parametrize("change", ["add", "edit"])
+def test_a_file_added_or_edited_in_an_edgecomp_folder_is_never_deleted(tmp_path, change):
+    first = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "out", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    touched = tmp_path / "out" / ("notes.txt" if change == "add" else "mnist-8.onnx")
+    touched.write_text("the user's own words")
+    second = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "out", cwd=tmp_path)
+    assert_clean_failure(second, OutputError.exit_code, touched.name, "added or changed after edgecomp wrote this folder")
+    assert touched.read_text() == "the user's own words"
 
 
 def test_io_layout_on_a_backend_without_one(tmp_path):
     result = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "--io-layout", "nhwc", "-o", "out", cwd=tmp_path)
     assert_clean_failure(result, UnsupportedError.exit_code, "--io-layout nhwc")
     assert not (tmp_path / "out").exists()
+
+
+def test_dump_ir_writes_each_pass_and_never_overwrites_other_files(tmp_path):
+    first = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "out", "--dump-ir", "dump", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    dumps = sorted(p.name for p in (tmp_path / "dump").iterdir())
+    assert dumps[0] == "00-input.onnx" and "05-DropoutToIdentityPass.onnx" in dumps and len(dumps) >= 10
+    assert len(onnx.load(tmp_path / "dump" / dumps[-1]).graph.node) < len(onnx.load(tmp_path / "dump" / dumps[0]).graph.node)
+    again = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "out", "--dump-ir", "dump", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr  # over an earlier dump
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "00-input.onnx").write_text("my own file")
+    (tmp_path / "mine" / "notes.txt").write_text("my notes")
+    refused = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "out2", "--dump-ir", "mine", cwd=tmp_path)
+    assert_clean_failure(refused, OutputError.exit_code, "--dump-ir", "notes.txt")
+    assert (tmp_path / "mine" / "00-input.onnx").read_text() == "my own file" and not (tmp_path / "out2").exists()
+
+
+def test_a_mode_the_backend_refuses_is_named_as_a_mode(tmp_path):
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tflite", "-q", "selective", "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, UnsupportedError.exit_code, "backend 'tflite' does not take --quantize selective", "none, naive, hybrid, dynamic, qat")
+    assert "node '*'" not in result.stderr and not (tmp_path / "out").exists()

@@ -40,6 +40,29 @@ def test_mnist_for_cortex_m4_as_in_the_readme(tmp_path):
     assert set(report["timings_s"]) >= {"load", "canonicalize", "quantize", "lower", "evaluate", "write"}
 
 
+def test_float_compile_json_is_standard_and_says_when_nothing_was_verified(tmp_path):
+    """-q none with --eval on the onnxruntime backend: the artifact's outputs equal the reference's,
+    an infinite SQNR, printed as null (RFC 8259 JSON has no Infinity); without any data the report
+    warns that the artifact was never run."""
+    evaluated = subprocess.run(
+        [sys.executable, "-m", "edgecomp", "compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none",
+         "--eval", str(MNIST_EVAL), "-o", "a", "--json"], capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout, parse_constant=lambda name: pytest.fail(f"non-standard JSON constant {name}"))
+    output = report["evaluation"]["outputs"]["Plus214_Output_0"]
+    assert output["accuracy_compiled"] == output["accuracy_fp32"] == pytest.approx(0.993)
+    assert output["sqnr_db"] is None and output["max_abs_error"] == 0.0
+    assert not [w for w in report["warnings"] if w["kind"] == "not-verified"]
+    bare = subprocess.run(
+        [sys.executable, "-m", "edgecomp", "compile", str(MNIST_MODEL), "-t", "host-x86_64", "-q", "none", "-o", "b", "--json"],
+        capture_output=True, text=True, cwd=tmp_path,
+    )
+    assert bare.returncode == 0, bare.stderr
+    assert [w["kind"] for w in json.loads(bare.stdout)["warnings"]] == ["not-verified"]
+    assert "edgecomp: warning: mnist-8.onnx: not-verified:" in bare.stderr
+
+
 def test_same_inputs_give_byte_identical_artifacts(tmp_path, mnist_small_calib):
     digests = []
     for run in ("a", "b"):

@@ -15,6 +15,8 @@ def test_builtin_targets():
     m4 = get_target("cortex-m4")
     assert (m4.kind, m4.default_backend, m4.flash_bytes, m4.ram_bytes) == ("mcu", "c", 1048576, 196608)
     assert m4.c_array.section == ".rodata.edgecomp_model" and m4.toolchain.cc == "arm-none-eabi-gcc"
+    # a microcontroller's c-array embeds the .tflite TensorFlow Lite Micro runs, not an .ort file
+    assert m4.c_array.embed_backend == get_target("cortex-m7").c_array.embed_backend == "tflite"
     assert get_target("host-x86_64").flash_bytes is None
 
 

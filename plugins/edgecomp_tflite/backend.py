@@ -124,6 +124,16 @@ class TFLiteBackend:
 
     # ---------------------------------------------------------------------------- support
 
+    @staticmethod
+    def option_problem(key: str, value: str, quantize: str) -> str | None:
+        """Why a ``--backend-option`` setting does not apply to ``--quantize quantize``, or None:
+        float16 weights are for float models, ``dynamic_kernels`` for dynamic-range ones."""
+        if key == "weights" and value == "float16" and quantize != "none":
+            return f"float16 weights apply to float models (--quantize none), not --quantize {quantize}"
+        if key == "dynamic_kernels" and value != "auto" and quantize != "dynamic":
+            return f"it chooses the kernels of --quantize dynamic, not --quantize {quantize}"
+        return None
+
     def _mode_problem(self, model: ir.Model, quantize: str) -> str | None:
         if quantize not in QUANTIZE_MODES:
             return f"--quantize {quantize} is not lowered by the tflite backend (it lowers {', '.join(QUANTIZE_MODES)})"

@@ -625,7 +625,7 @@ def _onnxruntime_backend():
 @needs_gcc
 def test_embeds_the_onnxruntime_ort_file(tmp_path):
     onnxruntime_backend = _onnxruntime_backend()
-    cortex_m4 = get_target("cortex-m4")  # embed_backend = "onnxruntime", alignment 16, section set
+    cortex_m4 = dataclasses.replace(get_target("cortex-m4"), c_array=CArrayOptions(".rodata.edgecomp_model", 16, "onnxruntime"))
     lookup = make_lookup(onnxruntime_backend)
     backend = CArrayBackend(get_backend=lookup)
     assert backend.support(ir.load(MODELS["kws"]), cortex_m4).ok  # onnxruntime's "needs an OS" is not merged

@@ -778,6 +778,11 @@ def test_backend_option_errors_name_the_key_before_any_work(tmp_path):
     assert unknown.returncode == 7 and "no option 'weight'" in unknown.stderr and "weights" in unknown.stderr
     bad_value = _cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tflite", "-q", "none", "--backend-option", "weights=int4", "-o", str(out))
     assert bad_value.returncode == 7 and "weights='int4'" in bad_value.stderr and "float16" in bad_value.stderr
+    no_data = _cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tflite", "-q", "naive", "--backend-option", "weights=int4", "-o", str(out))
+    assert no_data.returncode == 7 and "weights='int4'" in no_data.stderr  # checked before the missing --calibration
+    for mode, option in (("naive", "weights=float16"), ("none", "dynamic_kernels=hybrid")):
+        wrong_mode = _cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tflite", "-q", mode, "--backend-option", option, "-o", str(out))
+        assert wrong_mode.returncode == 2 and option in wrong_mode.stderr and f"not --quantize {mode}" in wrong_mode.stderr, wrong_mode.stderr
     malformed = _cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "--backend-option", "weights", "-o", str(out))
     assert malformed.returncode == 2 and "KEY=VALUE" in malformed.stderr
     assert not out.exists()

@@ -10,7 +10,7 @@ from PIL import Image
 from realdata import MLPERF, MNIST_EVAL, MNIST_MODEL
 
 from edgecomp.compile import SENSITIVITY_CHART, CompileOptions, compile_model
-from edgecomp.errors import UnsupportedError
+from edgecomp.errors import UsageError
 
 
 def compile_mnist(tmp_path, calibration, **options):
@@ -36,8 +36,19 @@ def test_selective_accuracy_goal_needs_no_float_layer_on_mnist(tmp_path, mnist_s
 
 
 def test_goals_belong_to_selective(tmp_path, mnist_small_calib):
-    with pytest.raises(UnsupportedError, match="--min-sqnr and --max-accuracy-drop are goals of --quantize selective"):
+    with pytest.raises(UsageError, match="--min-sqnr and --max-accuracy-drop are goals of --quantize selective"):
         compile_mnist(tmp_path, mnist_small_calib, quantize="naive", min_sqnr_db=40.0)
+
+
+@pytest.mark.parametrize(
+    ("quantize", "int8_ops", "message"),
+    [("naive", ("Conv",), "--int8-ops chooses the INT8 operators of --quantize hybrid, not naive"),
+     ("hybrid", ("Conv", "Foo"), "--int8-ops Foo: not an operator type with an int8 kernel")],
+)
+def test_int8_ops_belong_to_hybrid_and_name_int8_operators(tmp_path, mnist_small_calib, quantize, int8_ops, message):
+    with pytest.raises(UsageError, match=message):
+        compile_mnist(tmp_path, mnist_small_calib, quantize=quantize, int8_ops=int8_ops)
+    assert not (tmp_path / "out").exists()
 
 
 def test_equalization_and_bias_correction_are_applied_and_noted(tmp_path, mnist_small_calib):
