@@ -467,6 +467,8 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
         mode = "qat" if has_qdq(model) else "naive"
     _check_mode_options(options, mode)
     _check_backend_options(backend, options.backend_options, mode)
+    if (options.min_sqnr_db is not None or options.max_accuracy_drop is not None) and getattr(backend, "float_kernels", True) is False:
+        raise UsageError(f"backend {backend.name!r} has int8 kernels only: a selective goal keeps layers in float; drop the goal or use a backend with float kernels")
     if mode in CALIBRATED_MODES and not options.calibration:
         raise CalibrationDataError(f"--quantize {mode} needs calibration data (--calibration PATH)")
     if mode == "qat" and not has_qdq(model):

@@ -211,6 +211,12 @@ def test_dump_ir_writes_each_pass_and_never_overwrites_other_files(tmp_path):
 
 
 def test_a_mode_the_backend_refuses_is_named_as_a_mode(tmp_path):
-    result = run_cli("compile", str(MNIST_MODEL), "-t", "host-x86_64", "-b", "tflite", "-q", "selective", "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
-    assert_clean_failure(result, UnsupportedError.exit_code, "backend 'tflite' does not take --quantize selective", "none, naive, hybrid, dynamic, qat")
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "cortex-m4", "-q", "hybrid", "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, UnsupportedError.exit_code, "backend 'c' does not take --quantize hybrid", "full-integer int8")
     assert "node '*'" not in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_a_selective_goal_on_an_int8_only_backend_is_refused_before_any_work(tmp_path):
+    result = run_cli("compile", str(MNIST_MODEL), "-t", "cortex-m4", "-q", "selective", "--min-sqnr", "42", "--calibration", str(MNIST_CALIB), "-o", "out", cwd=tmp_path)
+    assert_clean_failure(result, 2, "backend 'c' has int8 kernels only", "selective goal")
+    assert not (tmp_path / "out").exists()

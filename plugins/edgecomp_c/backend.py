@@ -53,7 +53,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-QUANTIZE_MODES = ("naive", "qat")
+QUANTIZE_MODES = ("naive", "selective", "qat")
+"""Full-integer modes; ``selective`` without a goal keeps every layer int8."""
 
 #: ONNX ops (default domain) whose int8 TFLite lowering has a C kernel here. The authoritative check
 #: is in ``lower`` (every TFLite operator through its builder); this list lets ``support`` refuse a
@@ -114,6 +115,8 @@ class CBackend:
     """
 
     name = "c"
+    #: Only int8 kernels: a selective goal, which keeps layers in float, cannot be met here.
+    float_kernels = False
     description = "standalone C99: INT8 kernels bit-exact with TFLite's reference kernels, one static tensor arena at the planned size, no heap, no interpreter"
 
     def __init__(self, arena_alignment: int = 16, *, verify: bool = True) -> None:
@@ -149,7 +152,7 @@ class CBackend:
         """Write ``<name>.h``, ``<name>.c`` and the runtime; verify bit-exactness when given data.
 
         Raises:
-            UnsupportedError: a refused mode, or every operator without a C kernel (one per line).
+            UnsupportedError: a refused mode, or every operator without a C kernel (one line, "; " between them).
             BudgetError: the arena exceeds the target's RAM or the constants its flash.
             VerificationError: the C outputs differ from LiteRT's reference kernels in any bit.
         """

@@ -140,7 +140,7 @@ def lower_program(model, *, alignment: int = 16, search_budget: int | None = Non
         search_budget: :func:`edgecomp.memory.best_plan`'s node budget (None: its default).
 
     Raises:
-        UnsupportedError: every operator the C kernels cannot run, one per line
+        UnsupportedError: every operator the C kernels cannot run, on one line separated by "; "
             (``<BUILTIN> (output '<tensor name>'): <reason>``), or an API tensor that is not int8.
     """
     try:
@@ -183,7 +183,7 @@ def lower_program(model, *, alignment: int = 16, search_budget: int | None = Non
         if boundary.int8_tensor.ctype != "int8_t":
             problems.append(f"graph tensor {boundary.float_tensor.name!r}: {boundary.int8_tensor.ctype} at the API; the C program takes and returns int8 tensors")
     if problems:
-        raise UnsupportedError("c backend cannot lower these operators:\n  " + "\n  ".join(problems))
+        raise UnsupportedError(f"c backend cannot lower {len(problems)} operator(s) or tensor(s): " + "; ".join(problems))
 
     def root(index: int) -> int:
         return aliases.get(index, index)

@@ -60,7 +60,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 #: ``--quantize`` modes this backend lowers.
-QUANTIZE_MODES = ("none", "naive", "hybrid", "dynamic", "qat")
+QUANTIZE_MODES = ("none", "naive", "hybrid", "selective", "dynamic", "qat")
 WEIGHT_TYPES = ("float32", "float16")
 
 #: Float outputs of TFLite hybrid (dynamic-range) kernels: they quantize their float input to int8

@@ -261,8 +261,10 @@ def test_lowering_lists_every_tflite_operator_without_a_c_kernel(tmp_path):
     data = TFLiteBackend().lower(model, TARGET, LowerOptions(quantize="naive", model_name="m")).files["m.tflite"]
     with pytest.raises(UnsupportedError) as info:
         lower_program(read_model(data))
-    lines = str(info.value).splitlines()[1:]
-    assert len(lines) == 2 and all("LEAKY_RELU" in line and "no C kernel" in line for line in lines)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith("c backend cannot lower 2 operator(s)")
+    problems = message.split(": ", 1)[1].split("; ")
+    assert len(problems) == 2 and all("LEAKY_RELU" in problem and "no C kernel" in problem for problem in problems)
 
 
 def test_two_compiles_give_byte_identical_sources():
@@ -321,6 +323,23 @@ def test_cli_compiles_the_float_resnet8_with_its_input_transpose(tmp_path):
         capture_output=True, text=True,
     )
     assert twin.returncode == 0, twin.stderr
+
+
+@needs_gcc
+def test_selective_without_a_goal_is_full_integer_and_bit_exact(tmp_path):
+    """-q selective (per-tensor calibration methods, no layer left float without a goal) on the
+    cortex-m4 default backend: KWS's C output is bit-identical to LiteRT's reference kernels."""
+    from canonicalize_support import KWS_FLOAT, kws_input_float
+
+    calibration = tmp_path / "kws.npz"
+    np.savez(calibration, input_1=kws_input_float())
+    result = subprocess.run(
+        [sys.executable, "-m", "edgecomp", "compile", str(KWS_FLOAT), "-t", "cortex-m4", "-q", "selective", "--calibration", str(calibration), "-o", str(tmp_path / "kws"), "--json"],
+        capture_output=True, text=True,
+    )
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["selective"]["float_nodes"] == [] and report["backend_metadata"]["verification"]["bit_exact"] is True
 
 
 @needs_gcc

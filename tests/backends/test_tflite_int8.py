@@ -563,18 +563,37 @@ def test_relu_between_folded_qdq_pairs_fuses_or_vanishes():
 # ------------------------------------------------------------------------------------------ modes
 
 
-def test_support_refuses_modes_it_does_not_lower():
+def test_support_takes_every_mode_but_refuses_float16_weights_with_int8():
     model = canonical(MNIST_MODEL, fold=True)
-    report = TFLiteBackend().support(model, TARGET, quantize="selective")
-    assert [(u.node, u.op_type) for u in report.unsupported] == [("*", "--quantize selective")]
-    assert "none, naive, hybrid, dynamic, qat" in report.unsupported[0].reason
-    fp16 = TFLiteBackend(weights="float16").support(model, TARGET, quantize="naive")
-    assert "float16 weights apply to float models" in fp16.unsupported[0].reason
-    for mode in ("none", "naive", "hybrid", "dynamic"):
+    for mode in ("none", "naive", "hybrid", "selective", "dynamic"):
         assert TFLiteBackend().support(model, TARGET, quantize=mode).ok
     assert TFLiteBackend().support(canonical(OFFICIAL["kws"][0], fold=False), TARGET, quantize="qat").ok
-    with pytest.raises(UnsupportedError, match="--quantize selective"):
-        TFLiteBackend().lower(model, TARGET, LowerOptions(quantize="selective"))
+    fp16 = TFLiteBackend(weights="float16").support(model, TARGET, quantize="naive")
+    assert [(u.node, u.op_type) for u in fp16.unsupported] == [("*", "--quantize naive")]
+    assert "float16 weights apply to float models" in fp16.unsupported[0].reason
+    with pytest.raises(UnsupportedError, match="--quantize auto"):
+        TFLiteBackend().lower(model, TARGET, LowerOptions(quantize="auto"))
+
+
+def test_selective_lowers_to_int8_with_float_islands_where_its_goal_keeps_layers(tmp_path):
+    """-q selective: without a goal every layer is int8 (ResNet-8: within 1 LSB of the simulation);
+    with mnist's --min-sqnr 42 the dense layer stays float between DEQUANTIZE and QUANTIZE."""
+    result = compile_model(CompileOptions(
+        model=str(MNIST_MODEL), target="host-x86_64", backend="tflite", quantize="selective", min_sqnr_db=42.0,
+        calibration=str(MNIST_CALIB), eval=str(MNIST_EVAL), output=str(tmp_path / "mnist"),
+    ))
+    assert result.report["selective"]["float_nodes"] == ["Times212"]
+    tflite = read_model((tmp_path / "mnist" / "mnist-8.tflite").read_bytes())
+    (dense,) = [op for op in tflite.subgraphs[0].operators if kind(tflite, op) == "FULLY_CONNECTED"]
+    assert tflite.subgraphs[0].tensors[dense.inputs[1]].type == schema.TensorType.FLOAT32
+    evaluation = result.report["evaluation"]["outputs"]["Plus214_Output_0"]
+    assert evaluation["sqnr_db"] >= 42.0 and evaluation["accuracy_compiled"] >= 0.9925
+    calibration = tmp_path / "ic.npz"
+    np.savez(calibration, input_1=image_batch(32, 1.0))
+    ic = compile_model(CompileOptions(model=str(IC_FLOAT), target="host-x86_64", backend="tflite", quantize="selective",
+                                      calibration=str(calibration), output=str(tmp_path / "ic")))
+    assert ic.report["selective"]["float_nodes"] == [] and ic.report["backend_metadata"]["precision"] == "int8"
+    assert ic.report["backend_metadata"]["verification"]["lsb"]["Identity"]["within_1_lsb"] == 1.0
 
 
 def test_hybrid_mnist_has_float_islands_behind_dequantize_and_quantize(tmp_path):
