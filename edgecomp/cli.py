@@ -137,7 +137,8 @@ def _print_report(report: dict[str, Any]) -> None:
               "yes" if row["node"] in floated else "") for row in selective["sensitivity"]],
         )
         _print_table(
-            f"selective: search for {selective['goal']}", ("float layers", "SQNR (dB)", "accuracy", "meets goal"),
+            f"selective: search for {selective['goal']}" if selective["goal"] != "none" else "selective: no goal, all int8",
+            ("float layers", "SQNR (dB)", "accuracy", "meets goal"),
             [(", ".join(step["float_layers"]) or "-", _format(step["sqnr_db"]), _format(step["accuracy"]), str(step["meets_goal"]))
              for step in selective["search"]],
         )
