@@ -8,6 +8,7 @@ Errors print one line ``edgecomp: error: ...`` on stderr and exit with the code 
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from typing import Any
@@ -38,12 +39,13 @@ def finite_json(value: Any) -> Any:
     """``value`` with every non-finite float (an infinite SQNR of identical outputs, a NaN) replaced
     by None, so ``--json`` prints standard JSON (RFC 8259 has no Infinity or NaN)."""
     if isinstance(value, float):
-        return value if value == value and value not in (float("inf"), float("-inf")) else None
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
         return {key: finite_json(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
         return [finite_json(item) for item in value]
     return value
+
 
 def _fail(error: EdgecompError) -> None:
     click.echo(f"edgecomp: error: {error}", err=True)

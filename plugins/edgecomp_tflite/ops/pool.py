@@ -103,16 +103,16 @@ def lower_global_pool(ctx: LoweringContext, node: ir.Node) -> None:
     layout = ctx.layout(x_value)
     shape = ctx.static_shape(x_value)
     rank = len(shape)
-    if node.op_type == "GlobalAveragePool" and rank == 4 and None not in shape[2:] and ctx.precision(node) == "int8":
-        if same_element(ctx.element_type(x_value), ctx.element_type(node.outputs[0])):
-            x = read_channels_last(ctx, node)
-            y = ctx.define(node.outputs[0], Layout.nhwc(4))
-            options = schema.Pool2DOptionsT()
-            options.padding = Padding.VALID
-            options.strideH = options.strideW = 1
-            options.filterHeight, options.filterWidth = shape[2], shape[3]
-            ctx.emit(Builtin.AVERAGE_POOL_2D, [x], [y], options)
-            return
+    whole_window = node.op_type == "GlobalAveragePool" and rank == 4 and None not in shape[2:] and ctx.precision(node) == "int8"
+    if whole_window and same_element(ctx.element_type(x_value), ctx.element_type(node.outputs[0])):
+        x = read_channels_last(ctx, node)
+        y = ctx.define(node.outputs[0], Layout.nhwc(4))
+        options = schema.Pool2DOptionsT()
+        options.padding = Padding.VALID
+        options.strideH = options.strideW = 1
+        options.filterHeight, options.filterWidth = shape[2], shape[3]
+        ctx.emit(Builtin.AVERAGE_POOL_2D, [x], [y], options)
+        return
     x = ctx.read(x_value)
     axes = sorted(layout.stored_axis(axis) for axis in range(2, rank))
     code = Builtin.MEAN if node.op_type == "GlobalAveragePool" else Builtin.REDUCE_MAX
