@@ -8,9 +8,10 @@ The generated API (``<name>`` is the C identifier of the model name, ``<NAME>`` 
     const int8_t *<name>_output(unsigned index); /* the output tensor inside the arena */
     int <name>_run(void);                        /* run on the arena's input tensors in place */
 
-and macros per input/output ``i``: ``<NAME>_INPUT<i>_BYTES``, ``_DIMS``, ``_SHAPE`` (brace list),
-``_SCALE`` (float), ``_ZERO_POINT``, plus ``<NAME>_ARENA_BYTES``, ``<NAME>_INPUT_COUNT``,
-``<NAME>_OUTPUT_COUNT``. Every function returns 0.
+and macros per input/output ``i``, named as the ``c-array`` backend names them:
+``<NAME>_INPUT_<i>_NAME`` (the tensor name), ``_RANK``, ``_SHAPE`` (brace list), ``_ELEMENTS``,
+``_BYTES``, ``_SCALE`` (float), ``_ZERO_POINT``, plus ``<NAME>_ARENA_BYTES``,
+``<NAME>_INPUT_COUNT``, ``<NAME>_OUTPUT_COUNT``. Every function returns 0.
 
 ``<name>.c`` holds the weights as ``const`` arrays (aligned, in the target's weight section when it
 names one), one ``static`` arena of exactly the planned size, a ``const`` parameter struct per
@@ -24,7 +25,8 @@ import re
 
 import numpy as np
 
-from edgecomp_c.lowering import Program
+from edgecomp_c.lowering import Boundary, Program
+from edgecomp_c_array.emit import string_literal
 from edgecomp_c.program import KernelCall, TensorInfo, TensorList
 
 __all__ = ["TensorNames", "array_body", "c_identifier", "call_statement", "declare_call", "emit_header", "emit_source"]
@@ -125,14 +127,19 @@ def call_statement(k: int | str, call: KernelCall, names: TensorNames, outputs: 
     return f"{call.function}({', '.join(args)});"
 
 
-def _io_macros(lines: list[str], upper: str, kind: str, i: int, tensor: TensorInfo, layout: str | None = None) -> None:
-    key = f"{upper}_{kind}{i}"
+def _io_macros(lines: list[str], upper: str, kind: str, i: int, boundary: Boundary, layout: str | None = None) -> None:
+    """The macros of graph input/output ``i``: NAME is the model's (``.tflite`` signature) name,
+    the rest describe the int8 tensor the C API takes or returns."""
+    key = f"{upper}_{kind}_{i}"
+    tensor: TensorInfo = boundary.int8_tensor
     shape = ", ".join(str(d) for d in tensor.shape)
     where = f", {layout}" if layout else ""
-    lines.append(f"/* {kind.lower()} {i}: {_comment(tensor.name)} (row-major{where}) */")
-    lines.append(f"#define {key}_BYTES {tensor.nbytes}")
-    lines.append(f"#define {key}_DIMS {len(tensor.shape)}")
+    lines.append(f"/* {kind.lower()} {i}: {_comment(boundary.float_tensor.name)} (row-major{where}) */")
+    lines.append(f"#define {key}_NAME {string_literal(boundary.float_tensor.name)}")
+    lines.append(f"#define {key}_RANK {len(tensor.shape)}")
     lines.append(f"#define {key}_SHAPE {{{shape}}}")
+    lines.append(f"#define {key}_ELEMENTS {int(np.prod(tensor.shape))}")
+    lines.append(f"#define {key}_BYTES {tensor.nbytes}")
     scale = tensor.scale[0] if tensor.scale is not None else 0.0
     zero_point = int(tensor.zero_point[0]) if tensor.zero_point is not None else 0
     lines.append(f"#define {key}_SCALE {_float_literal(scale)}")
@@ -176,9 +183,9 @@ def emit_header(program: Program, model_name: str, *, producer: str, layouts: tu
     ]
     described = list(layouts) + [None] * (len(program.inputs) + len(program.outputs) - len(layouts))
     for i, boundary in enumerate(program.inputs):
-        _io_macros(lines, upper, "INPUT", i, boundary.int8_tensor, described[i])
+        _io_macros(lines, upper, "INPUT", i, boundary, described[i])
     for i, boundary in enumerate(program.outputs):
-        _io_macros(lines, upper, "OUTPUT", i, boundary.int8_tensor, described[len(program.inputs) + i])
+        _io_macros(lines, upper, "OUTPUT", i, boundary, described[len(program.inputs) + i])
     lines += [
         "",
         "/* Copy the int8 inputs into the arena, run, copy the int8 outputs out. */",
@@ -266,8 +273,8 @@ def emit_source(program: Program, model_name: str, *, producer: str, weights_sec
             lines.append(f"    case {i}: return &{model}_arena[{program.offset(boundary.int8_tensor.index)}];")
         lines += ["    default: return NULL;", "    }", "}", ""]
     # int8 invoke: copy in, run, copy out
-    copy_in = [f"memcpy(&{model}_arena[{program.offset(b.int8_tensor.index)}], input{i}, {upper}_INPUT{i}_BYTES);" for i, b in enumerate(program.inputs)]
-    copy_out = [f"memcpy(output{i}, &{model}_arena[{program.offset(b.int8_tensor.index)}], {upper}_OUTPUT{i}_BYTES);" for i, b in enumerate(program.outputs)]
+    copy_in = [f"memcpy(&{model}_arena[{program.offset(b.int8_tensor.index)}], input{i}, {upper}_INPUT_{i}_BYTES);" for i, b in enumerate(program.inputs)]
+    copy_out = [f"memcpy(output{i}, &{model}_arena[{program.offset(b.int8_tensor.index)}], {upper}_OUTPUT_{i}_BYTES);" for i, b in enumerate(program.outputs)]
     lines += _function(_signature(model, program, "int8_t", "int8_t", "invoke"), model, copy_in, copy_out)
     if _has_float_api(program):
         boundaries = program.inputs + program.outputs

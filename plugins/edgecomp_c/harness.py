@@ -64,7 +64,7 @@ class Sources:
     Attributes:
         directory: the folder.
         model: the C prefix (``mnist_8``).
-        input_bytes / output_bytes: bytes of each int8 input/output tensor (``<NAME>_INPUT<i>_BYTES``).
+        input_bytes / output_bytes: bytes of each int8 input/output tensor (``<NAME>_INPUT_<i>_BYTES``).
         float_api: the header declares ``<model>_invoke_float`` (every graph input and output of the
             ``.tflite`` is float behind a QUANTIZE/DEQUANTIZE).
     """
@@ -86,7 +86,7 @@ def read_sources(directory: str | pathlib.Path, model: str) -> Sources:
     upper = model.upper()
 
     def sizes(kind: str) -> tuple[int, ...]:
-        found = dict(re.findall(rf"#define {upper}_{kind}(\d+)_BYTES (\d+)", header))
+        found = dict(re.findall(rf"#define {upper}_{kind}_(\d+)_BYTES (\d+)", header))
         return tuple(int(found[str(i)]) for i in range(len(found)))
 
     return Sources(directory, model, sizes("INPUT"), sizes("OUTPUT"), f"{model}_invoke_float(" in header)

@@ -106,8 +106,8 @@ def test_int8_api_gives_the_int8_tensors_behind_the_float_api(tmp_path):
     (int8_out,) = run_host(build_host(sources, tmp_path / "build"), sources, [_quantized_inputs(artifact, x)])
     float_out = artifact.runner(feeds[0])[0].reshape(int8_out.shape)
     header = (directory / "vww.h").read_text()
-    scale = np.float32(float(header.split("VWW_OUTPUT0_SCALE ")[1].split("f")[0]))
-    zero_point = int(header.split("VWW_OUTPUT0_ZERO_POINT ")[1].split("\n")[0].strip("()"))
+    scale = np.float32(float(header.split("VWW_OUTPUT_0_SCALE ")[1].split("f")[0]))
+    zero_point = int(header.split("VWW_OUTPUT_0_ZERO_POINT ")[1].split("\n")[0].strip("()"))
     assert zero_point == -128 and scale == np.float32(1 / 256)  # softmax output
     np.testing.assert_array_equal(float_out, (int8_out.astype(np.float32) - zero_point) * scale)
     assert len(np.unique(int8_out)) > 2
@@ -292,6 +292,10 @@ def test_cli_compile_verifies_bit_exactness_and_reports_the_arena(tmp_path):
     assert metadata["verification"]["bit_exact"] is True and metadata["verification"]["samples"] > 0
     assert report["memory"]["arena_bytes"] == report["memory"]["lower_bound_bytes"]
     assert (out / "mnist_8.c").exists() and (out / "mnist_8.h").exists() and (out / "ec_conv.c").exists()
+    header = (out / "mnist_8.h").read_text()  # I/O macros named as the c-array backend names them
+    for line in ('#define MNIST_8_INPUT_0_NAME "Input3"', "#define MNIST_8_INPUT_0_RANK 4", "#define MNIST_8_INPUT_0_SHAPE {1, 1, 28, 28}",
+                 "#define MNIST_8_INPUT_0_ELEMENTS 784", "#define MNIST_8_INPUT_0_BYTES 784", '#define MNIST_8_OUTPUT_0_NAME "Plus214_Output_0"'):
+        assert line in header, line
     if shutil.which("arm-none-eabi-size"):
         size = metadata["compiled_size"]
         assert size["bss"] >= report["memory"]["arena_bytes"]
