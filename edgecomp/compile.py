@@ -562,7 +562,9 @@ def compile_model(options: CompileOptions, progress: Callable[[str, int, int], N
                 extra_files[SENSITIVITY_CHART] = sensitivity_bar_chart(selective.sensitivities, None, all_int8_db=selective.all_int8_sqnr_db)
                 extra_report["selective"] = selective.report()
         if mode in ("naive", "hybrid"):
-            choose = hybrid_chooser(*(() if options.int8_ops is None else (options.int8_ops,))) if mode == "hybrid" else None
+            choose = None
+            if mode == "hybrid":
+                choose = hybrid_chooser() if options.int8_ops is None else hybrid_chooser(options.int8_ops)
             tensor_methods, fixed_params = {}, {}
             if plan_request is not None:
                 choose, tensor_methods, fixed_params = plan_request.choose, plan_request.tensor_methods, plan_request.fixed_params
