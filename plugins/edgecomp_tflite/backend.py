@@ -137,9 +137,7 @@ class TFLiteBackend:
     def _mode_problem(self, model: ir.Model, quantize: str) -> str | None:
         if quantize not in QUANTIZE_MODES:
             return f"--quantize {quantize} is not lowered by the tflite backend (it lowers {', '.join(QUANTIZE_MODES)})"
-        if self.weights == "float16" and quantize != "none":
-            return f"float16 weights apply to float models (--quantize none), not --quantize {quantize}"
-        return None
+        return self.option_problem("weights", self.weights, quantize)
 
     def _tensor_types(self, model: ir.Model, quantize: str) -> TensorTypes:
         """The element types of this lowering (module docstring: quantization modes)."""
